@@ -1,0 +1,216 @@
+"""``create_app(config)``: wires state, middlewares, routes and the lifecycle of one gateway.
+
+Middleware order, outermost first: ``entry`` (request record, request id, client address,
+allowed hosts, the one error path, metrics and access log when the request is over), ``cors``
+(answers preflights before auth), ``auth``. Headers that must reach streamed and error responses
+alike (request id, CORS) are added in ``on_response_prepare``, the only place that sees every
+response before its head is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from .accesslog import AccessLog
+from .auth import Authenticator
+from .backends import Backend
+from .config import GatewayConfig
+from .cors import CorsPolicy, make_cors_middleware, make_cors_prepare_hook
+from .discovery import Discovery
+from .errors import (
+    Forbidden,
+    GatewayError,
+    MethodNotAllowed,
+    NotFound,
+    PayloadTooLarge,
+    error_response,
+)
+from .headers import client_address
+from .listing import add_listing_routes
+from .metrics import Metrics
+from .ops import add_ops_routes
+from .proxy import add_proxy_routes
+from .record import RequestRecord
+from .routing import Router
+from .state import PRINCIPAL, RECORD, STATE, GatewayState
+
+__all__ = ["create_app", "public_paths"]
+
+log = logging.getLogger("gateway")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+_REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+def public_paths(config: GatewayConfig) -> frozenset[str]:
+    """Paths that never need credentials (Ollama's heartbeat, probes, and metrics unless restricted)."""
+    paths = {"/", "/healthz", "/readyz", "/api/version"}
+    if config.metrics.enabled and not config.metrics.require_auth:
+        paths.add(config.metrics.path)
+    return frozenset(paths)
+
+
+def _aiohttp_error(exc: web.HTTPException) -> GatewayError:
+    if exc.status == 404:
+        return NotFound("not found: this path is not served by the gateway")
+    if exc.status == 405:
+        allowed = exc.headers.get("Allow", "")
+        return MethodNotAllowed("method not allowed", headers={"Allow": allowed} if allowed else None)
+    if exc.status == 413:
+        return PayloadTooLarge("request body too large (server.max_body_size)")
+    err = GatewayError(exc.reason or "error")
+    err.status = exc.status  # type: ignore[misc]
+    return err
+
+
+def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    config = state.config
+    trusted = config.server.trusted_proxies
+    allowed_hosts = frozenset(config.server.allowed_hosts)
+    # Probes and scrapers address the gateway by pod/container IP: never make them guess a name.
+    probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
+    metrics = state.metrics
+    access_log = state.access_log
+
+    @web.middleware
+    async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        rid = request.headers.get("X-Request-Id")
+        if rid is None or not _REQUEST_ID_RE.match(rid):
+            rid = uuid.uuid4().hex
+        remote, via_proxy = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+        rec = RequestRecord(rid, request.method, request.path, remote, via_proxy, loop.time())
+        request[RECORD] = rec
+        try:
+            if (
+                allowed_hosts
+                and request.path not in probe_paths
+                and (request.host or "").rsplit(":", 1)[0].strip("[]").lower() not in allowed_hosts
+            ):
+                raise Forbidden(f"host '{request.host}' is not in server.allowed_hosts")
+            response = await handler(request)
+            if not rec.status:
+                rec.status = response.status
+            return response
+        except GatewayError as err:
+            rec.status = err.status
+            return error_response(request.path, err)
+        except web.HTTPException as exc:
+            err = _aiohttp_error(exc)
+            rec.status = err.status
+            return error_response(request.path, err)
+        except asyncio.CancelledError:
+            rec.status = 499
+            rec.error = rec.error or "client_closed"
+            raise
+        except Exception:
+            log.exception("unexpected error handling %s %s (request id %s)", request.method, request.path, rid)
+            rec.status = 500
+            return error_response(request.path, GatewayError(f"internal gateway error (request id {rid})"))
+        finally:
+            if rec.end is None:
+                rec.end = loop.time()
+            if metrics is not None:
+                metrics.record(rec)
+            access_log.log(rec)
+
+    return entry
+
+
+def make_auth_middleware(state: GatewayState) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+    public = public_paths(state.config)
+
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        authenticator = state.authenticator  # read per request: a reload swaps it whole
+        if authenticator is None or request.path in public:
+            return await handler(request)
+        rec = request[RECORD]
+        principal = await authenticator.authenticate(request.headers, rec.remote)
+        request[PRINCIPAL] = principal
+        rec.client = principal.name
+        return await handler(request)
+
+    return auth
+
+
+async def _request_id_hook(request: web.Request, response: web.StreamResponse) -> None:
+    rec = request.get(RECORD)
+    if rec is not None:
+        response.headers["X-Request-Id"] = rec.request_id
+
+
+def build_state(config: GatewayConfig) -> GatewayState:
+    backends = tuple(Backend(b, i) for i, b in enumerate(config.backends))
+    metrics = Metrics([b.name for b in backends]) if config.metrics.enabled else None
+    authenticator = None
+    if config.auth is not None:
+        authenticator = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None)
+    return GatewayState(
+        config=config,
+        backends=backends,
+        router=Router(backends, config.aliases),
+        metrics=metrics,
+        access_log=AccessLog(config.logging.format, logging.getLogger("gateway.access")),
+        cors=CorsPolicy(config.cors),
+        authenticator=authenticator,
+    )
+
+
+async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
+    """One ClientSession per app (a connection pool), discovery and probes; closed in reverse."""
+    state = app[STATE]
+    connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
+    session = aiohttp.ClientSession(
+        connector=connector,
+        auto_decompress=False,  # bytes pass through untouched
+        timeout=aiohttp.ClientTimeout(total=None),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        read_bufsize=2**16,
+    )
+    state.session = session
+    metrics = state.metrics
+
+    def on_health(backend: Backend) -> None:
+        if metrics is not None:
+            metrics.backend_up(backend.name, backend.up)
+
+    discovery = Discovery(session, state.backends, state.config.routing.discovery_interval, on_health)
+    state.discovery = discovery
+    for backend in state.backends:
+        on_health(backend)
+    await asyncio.gather(discovery.refresh(force=True), *(discovery.probe(b) for b in state.backends))
+    discovery.start()
+    try:
+        yield
+    finally:
+        await discovery.stop()
+        await session.close()
+        if state.authenticator is not None:
+            state.authenticator.close()
+
+
+def create_app(config: GatewayConfig) -> web.Application:
+    state = build_state(config)
+    app = web.Application(
+        client_max_size=config.server.max_body_size,
+        middlewares=[
+            make_entry_middleware(state),
+            make_cors_middleware(state.cors),
+            make_auth_middleware(state),
+        ],
+    )
+    app[STATE] = state
+    app.on_response_prepare.append(_request_id_hook)
+    app.on_response_prepare.append(make_cors_prepare_hook(state.cors))
+    app.cleanup_ctx.append(_lifecycle)
+    add_proxy_routes(app)
+    add_listing_routes(app)
+    add_ops_routes(app)
+    return app

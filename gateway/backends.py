@@ -1,0 +1,135 @@
+"""Runtime state of each configured backend: health, load, concurrency queue, discovered models.
+
+Config stays in ``BackendConfig``; what changes while the gateway runs lives here, owned by one
+``Backend`` per configured entry (one instance per app, never module-global). Discovery and health
+probes (``discovery.py``) write it; routing and the proxy read it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+from yarl import URL
+
+from .config import BackendConfig
+from .errors import ServiceUnavailable, TooManyRequests
+
+__all__ = ["Backend", "DiscoveredModel", "ollama_canonical"]
+
+
+def ollama_canonical(name: str) -> str:
+    """``llama3.2`` -> ``llama3.2:latest``; names that carry a tag are left alone.
+
+    The tag is what follows the last ``:`` after the last ``/`` (``hf.co/org/repo:Q4`` has one,
+    ``host:5000/repo`` does not).
+    """
+    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveredModel:
+    """One model as a backend lists it; ``entry`` is the backend's own listing object, kept for merging."""
+
+    name: str
+    entry: Mapping[str, Any]
+
+
+@dataclass(eq=False, slots=True)
+class Backend:
+    """A configured backend and what the gateway currently knows about it. Must not be copied."""
+
+    config: BackendConfig
+    index: int
+    up: bool = True  # optimistic until probes say otherwise
+    probed: bool = False
+    in_flight: int = 0
+    waiting: int = 0
+    models: dict[str, DiscoveredModel] = field(default_factory=dict)  # lookup key -> model
+    running: list[Mapping[str, Any]] = field(default_factory=list)  # Ollama /api/ps entries
+    discovered: bool = False
+    _ok_streak: int = 0
+    _fail_streak: int = 0
+    _slots: asyncio.Semaphore | None = None
+    base: str = ""
+    client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
+
+    def __post_init__(self) -> None:
+        self.base = str(self.config.url).rstrip("/")
+        # No total timeout: a stream may last as long as the model talks. Connect is bounded here;
+        # first byte and idle gaps are enforced by the proxy's watchdog.
+        self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect)
+        if self.config.max_concurrency:
+            self._slots = asyncio.Semaphore(self.config.max_concurrency)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def is_ollama(self) -> bool:
+        return self.config.type == "ollama"
+
+    def url(self, path_qs: str) -> URL:
+        return URL(self.base + path_qs, encoded=True)
+
+    def lookup_key(self, model: str) -> str:
+        return ollama_canonical(model) if self.is_ollama else model
+
+    def set_models(self, models: list[DiscoveredModel]) -> None:
+        self.models = {self.lookup_key(m.name): m for m in models}
+        self.discovered = True
+
+    def record_probe(self, ok: bool) -> bool:
+        """Count a health probe result; returns the (possibly changed) up state (rise/fall hysteresis)."""
+        hc = self.config.health_check
+        self.probed = True
+        if ok:
+            self._ok_streak += 1
+            self._fail_streak = 0
+            if not self.up and self._ok_streak >= hc.rise:
+                self.up = True
+        else:
+            self._fail_streak += 1
+            self._ok_streak = 0
+            if self.up and self._fail_streak >= hc.fall:
+                self.up = False
+        return self.up
+
+    @property
+    def load(self) -> float:
+        return (self.in_flight + self.waiting) / self.config.weight
+
+    async def acquire(self, queue_size: int, queue_timeout: float) -> None:
+        """Take a concurrency slot, waiting in a bounded queue when the backend is at max_concurrency."""
+        slots = self._slots
+        if slots is not None and slots.locked():
+            if self.waiting >= queue_size:
+                raise TooManyRequests(
+                    f"backend '{self.name}' is at its concurrency limit and its queue is full",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": "1"},
+                )
+            self.waiting += 1
+            try:
+                async with asyncio.timeout(queue_timeout):
+                    await slots.acquire()
+            except TimeoutError:
+                raise ServiceUnavailable(
+                    f"backend '{self.name}' stayed busy for {queue_timeout:g}s",
+                    code="backend_busy",
+                    headers={"Retry-After": "5"},
+                ) from None
+            finally:
+                self.waiting -= 1
+        elif slots is not None:
+            await slots.acquire()
+        self.in_flight += 1
+
+    def release(self) -> None:
+        self.in_flight -= 1
+        if self._slots is not None:
+            self._slots.release()

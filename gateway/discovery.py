@@ -1,0 +1,134 @@
+"""Background knowledge of the backends: which models each one has, and whether it is up.
+
+Two kinds of periodic task per app, started and cancelled by ``app.py``'s cleanup context:
+model discovery (``/api/tags`` on Ollama, ``/v1/models`` elsewhere) every
+``routing.discovery_interval``, and health probes per backend every ``health_check.interval`` with
+rise/fall hysteresis. A dead backend never fails discovery of the others. ``refresh`` is also
+called when a request names a model nobody has (someone may just have pulled it), at most once
+per ``MIN_REFRESH_GAP`` seconds so random names cannot turn into a probe storm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import aiohttp
+
+from .backends import Backend, DiscoveredModel
+
+__all__ = ["Discovery", "fetch_json"]
+
+log = logging.getLogger("gateway.discovery")
+MIN_REFRESH_GAP = 2.0
+HEALTH_PATHS = {"ollama": "/api/version", "vllm": "/health", "lmstudio": "/v1/models", "openai": "/v1/models"}
+
+
+def _auth_headers(backend: Backend) -> dict[str, str]:
+    key = backend.config.api_key
+    return {"Authorization": f"Bearer {key}", "Accept-Encoding": "identity"} if key else {"Accept-Encoding": "identity"}
+
+
+async def fetch_json(session: aiohttp.ClientSession, backend: Backend, path: str, timeout: float) -> Any:
+    """GET a backend's JSON document; raises on any failure (callers decide what a failure means)."""
+    async with asyncio.timeout(timeout):
+        async with session.get(backend.url(path), headers=_auth_headers(backend)) as resp:
+            resp.raise_for_status()
+            return await resp.json(content_type=None)
+
+
+def parse_model_list(backend: Backend, doc: Any) -> list[DiscoveredModel]:
+    """Models from an Ollama ``/api/tags`` or an OpenAI-style ``/v1/models`` document."""
+    models: list[DiscoveredModel] = []
+    if backend.is_ollama:
+        items = doc.get("models") if isinstance(doc, Mapping) else None
+        key = "name"
+    else:
+        items = doc.get("data") if isinstance(doc, Mapping) else None
+        key = "id"
+    for item in items if isinstance(items, list) else []:
+        if isinstance(item, Mapping):
+            name = item.get(key) or item.get("model")
+            if isinstance(name, str) and name:
+                models.append(DiscoveredModel(name, item))
+    return models
+
+
+class Discovery:
+    def __init__(
+        self,
+        session: aiohttp.ClientSession,
+        backends: Sequence[Backend],
+        interval: float,
+        on_health: Callable[[Backend], None] = lambda b: None,
+    ) -> None:
+        self.session = session
+        self.backends = tuple(backends)
+        self.interval = interval
+        self.on_health = on_health
+        self._lock = asyncio.Lock()
+        self._last_refresh = -MIN_REFRESH_GAP
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def refresh_backend(self, backend: Backend) -> bool:
+        path = "/api/tags" if backend.is_ollama else "/v1/models"
+        timeout = min(backend.config.health_check.timeout + backend.config.timeouts.connect, 30.0)
+        try:
+            doc = await fetch_json(self.session, backend, path, timeout)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("model discovery on backend %s failed: %r", backend.name, exc)
+            return False
+        backend.set_models(parse_model_list(backend, doc))
+        return True
+
+    async def refresh(self, *, force: bool = False) -> None:
+        """Refresh every backend's model list concurrently (rate-limited unless forced)."""
+        loop = asyncio.get_running_loop()
+        async with self._lock:
+            if not force and loop.time() - self._last_refresh < MIN_REFRESH_GAP:
+                return
+            await asyncio.gather(*(self.refresh_backend(b) for b in self.backends))
+            self._last_refresh = loop.time()
+
+    async def probe(self, backend: Backend) -> None:
+        hc = backend.config.health_check
+        try:
+            async with asyncio.timeout(hc.timeout):
+                async with self.session.get(
+                    backend.url(HEALTH_PATHS[backend.config.type]), headers=_auth_headers(backend)
+                ) as resp:
+                    await resp.read()
+                    ok = resp.status < 400
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            log.debug("health probe on backend %s failed: %r", backend.name, exc)
+            ok = False
+        was_up = backend.up
+        if backend.record_probe(ok) != was_up:
+            log.warning("backend %s is now %s", backend.name, "up" if backend.up else "DOWN")
+        self.on_health(backend)
+
+    async def _every(self, interval: float, job: Callable[[], Any]) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await job()
+            except Exception:  # a probe bug must not kill the loop; log it once per failure
+                log.exception("background job failed")
+
+    def start(self) -> None:
+        self._tasks.append(asyncio.create_task(self._every(self.interval, lambda: self.refresh(force=True))))
+        for backend in self.backends:
+            self._tasks.append(
+                asyncio.create_task(self._every(backend.config.health_check.interval, lambda b=backend: self.probe(b)))
+            )
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

@@ -1,0 +1,46 @@
+"""The gateway's own endpoints: liveness, readiness and Prometheus metrics.
+
+``/healthz`` says the process answers; ``/readyz`` says at least one backend is up according to
+the background probes (so a load balancer stops sending traffic when every box is down).
+``/metrics`` is public unless ``metrics.require_auth``, which makes it admin-only.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from .auth import ANONYMOUS
+from .errors import Forbidden
+from .state import PRINCIPAL, STATE
+
+__all__ = ["add_ops_routes"]
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    backends = {b.name: "up" if b.up else "down" for b in state.backends}
+    ready = any(b.up for b in state.backends)
+    return web.json_response({"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    state = request.app[STATE]
+    assert state.metrics is not None
+    if state.config.metrics.require_auth and not request.get(PRINCIPAL, ANONYMOUS).admin:
+        raise Forbidden("metrics are admin-only (metrics.require_auth)")
+    body, content_type = state.metrics.render()
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = content_type
+    return response
+
+
+def add_ops_routes(app: web.Application) -> None:
+    state = app[STATE]
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    if state.config.metrics.enabled:
+        app.router.add_get(state.config.metrics.path, metrics)

@@ -1,0 +1,341 @@
+"""The routed endpoints: read the body once, pick a backend by model, forward, relay.
+
+Per request: a bounded body read, one JSON parse (only to find ``model``), alias rewrite (the only
+time the body is re-serialised, besides opt-in usage injection), backend choice, the upstream call
+with a first-byte deadline, then ``streaming.relay``. Failures before any byte reached the client
+are retried on the next backend serving the model (``routing.retries``); after that they end the
+response abnormally. Client disconnects cancel the handler (``handler_cancellation``), which closes
+the upstream connection at once so the GPU stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from .auth import ANONYMOUS
+from .backends import Backend
+from .credentials import model_allowed
+from .errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    GatewayError,
+    GatewayTimeout,
+    NotFound,
+    PayloadTooLarge,
+    ServiceUnavailable,
+    dialect_for,
+)
+from .headers import upstream_headers
+from .record import RequestRecord
+from .state import PRINCIPAL, RECORD, STATE, GatewayState
+from .streaming import relay
+from .usage import UsageStripper, inject_usage, make_scanner
+
+__all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
+
+RETRY_STATUSES = frozenset({502, 503, 504})
+BACKEND_HEADER = "X-Gateway-Backend"  # admin endpoints only: which Ollama receives a pull/create/blob
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    path: str  # aiohttp route template; also the metrics label
+    methods: tuple[str, ...] = ("POST",)
+    model_keys: tuple[str, ...] = ("model",)  # body keys that may hold the routing name, in order
+    admin: bool = False
+    json_body: bool = True
+    model_optional: bool = False  # vLLM's tokenizer endpoints use the default model
+    new_model: bool = False  # the model may not exist yet (pull, create, blobs): any Ollama may take it
+    changes_models: bool = False  # refresh discovery afterwards
+    openai_stream: bool = False  # OpenAI-style "stream"/"stream_options" semantics
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("/v1/chat/completions", openai_stream=True),
+    Endpoint("/v1/completions", openai_stream=True),
+    Endpoint("/v1/embeddings"),
+    Endpoint("/v1/responses"),
+    Endpoint("/v1/messages"),
+    Endpoint("/api/chat"),
+    Endpoint("/api/generate"),
+    Endpoint("/api/embed"),
+    Endpoint("/api/embeddings"),
+    Endpoint("/api/show", model_keys=("model", "name")),
+    Endpoint("/tokenize", model_optional=True),
+    Endpoint("/detokenize", model_optional=True),
+    Endpoint("/api/pull", model_keys=("model", "name"), admin=True, new_model=True, changes_models=True),
+    Endpoint("/api/push", model_keys=("model", "name"), admin=True),
+    Endpoint("/api/create", model_keys=("model", "name"), admin=True, new_model=True, changes_models=True),
+    Endpoint("/api/copy", model_keys=("source",), admin=True, changes_models=True),
+    Endpoint("/api/delete", ("DELETE",), model_keys=("model", "name"), admin=True, changes_models=True),
+    Endpoint("/api/blobs/{digest}", ("POST", "HEAD"), admin=True, json_body=False, new_model=True),
+)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The request body, refusing more than ``limit`` bytes (early on Content-Length, else while reading)."""
+    length = request.content_length
+    if length is not None and length > limit:
+        raise PayloadTooLarge(f"request body is {length} bytes; the limit (server.max_body_size) is {limit}")
+    try:
+        return await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        raise PayloadTooLarge(f"request body exceeds the limit (server.max_body_size) of {limit} bytes") from None
+
+
+def parse_payload(body: bytes) -> dict[str, Any]:
+    if not body.strip():
+        raise BadRequest("request body is empty; expected a JSON object")
+    try:
+        payload = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise BadRequest(f"request body must be a JSON object, got {type(payload).__name__}")
+    return payload
+
+
+def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] | None:
+    """(body key, model name) of the first routing key present, or None."""
+    for key in spec.model_keys:
+        value = payload.get(key)
+        if value is not None:
+            if not isinstance(value, str) or not value.strip():
+                raise BadRequest(f"'{key}' must be a non-empty string", param=key)
+            return key, value
+    return None
+
+
+def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
+    async def handler(request: web.Request) -> web.StreamResponse:
+        return await handle(request, spec)
+
+    return handler
+
+
+def add_proxy_routes(app: web.Application) -> None:
+    for spec in ENDPOINTS:
+        handler = make_handler(spec)
+        for method in spec.methods:
+            app.router.add_route(method, spec.path, handler)
+
+
+async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
+    state = request.app[STATE]
+    rec = request[RECORD]
+    rec.endpoint = spec.path
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    if spec.admin and not principal.admin:
+        raise Forbidden(f"{spec.path} is an admin endpoint; the credentials used ('{principal.name}') are not admin")
+    body: bytes | aiohttp.StreamReader | None = None
+    payload: dict[str, Any] | None = None
+    model_key, requested = "model", ""
+    if spec.json_body:
+        body = await read_body(request, state.config.server.max_body_size)
+        payload = parse_payload(body)
+        found = requested_model(payload, spec)
+        if found is not None:
+            model_key, requested = found
+        elif not spec.model_optional:
+            raise BadRequest("model is required", param="model", code="missing_model")
+    elif request.method != "HEAD":
+        body = request.content  # blobs: stream the upload through, never hold it in memory
+
+    candidates, model = await choose_backends(request, state, spec, requested)
+    if requested and not (model_allowed(principal.models, requested) or model_allowed(principal.models, model)):
+        raise Forbidden(
+            f"model '{requested}' is not allowed for '{principal.name}'", param="model", code="model_not_allowed"
+        )
+    rec.model = model
+
+    scan = transform = None
+    if payload is not None:
+        changed = False
+        if model and model != requested:
+            payload[model_key] = model
+            changed = True
+        streaming_req = payload.get("stream") is True
+        if spec.openai_stream and streaming_req and state.config.metrics.inject_usage and inject_usage(payload):
+            transform = UsageStripper().feed
+            changed = True
+        if changed:
+            body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        response = await forward(request, state, spec, rec, candidates, body, transform)
+    finally:
+        if spec.changes_models and state.discovery is not None:
+            asyncio.get_running_loop().create_task(state.discovery.refresh(force=True))
+    return response
+
+
+async def choose_backends(
+    request: web.Request, state: GatewayState, spec: Endpoint, requested: str
+) -> tuple[list[Backend], str]:
+    """Backends to try (best first) and the real model name; raises 404/503 in the endpoint's dialect."""
+    router = state.router
+    if spec.new_model:
+        named = request.headers.get(BACKEND_HEADER)
+        if named:
+            match = [b for b in state.backends if b.name == named]
+            if not match:
+                raise NotFound(f"no backend named '{named}' ({BACKEND_HEADER})")
+            return match, requested
+    if not requested:
+        kind = "ollama" if spec.new_model else "vllm"
+        fallback = [b for b in state.backends if b.config.type == kind and b.up]
+        if not fallback:
+            raise BadRequest("model is required", param="model", code="missing_model")
+        return fallback, ""
+    route = router.resolve(requested)
+    if route is None and state.discovery is not None:
+        await state.discovery.refresh()  # maybe it was just pulled; rate-limited inside
+        route = router.resolve(requested)
+    if route is None:
+        if spec.new_model:
+            ollamas = [b for b in state.backends if b.is_ollama and b.up]
+            if ollamas:
+                return ollamas[:1], requested
+        raise NotFound(f"model '{requested}' not found", param="model", code="model_not_found")
+    ordered = router.order(route)
+    if not ordered:
+        names = ", ".join(b.name for b in route.backends)
+        raise ServiceUnavailable(
+            f"no healthy backend for model '{requested}' (down: {names})", headers={"Retry-After": "10"}
+        )
+    return ordered, route.model
+
+
+async def forward(
+    request: web.Request,
+    state: GatewayState,
+    spec: Endpoint,
+    rec: RequestRecord,
+    candidates: list[Backend],
+    body: bytes | aiohttp.StreamReader | None,
+    transform: Callable[[bytes], bytes] | None,
+) -> web.StreamResponse:
+    assert state.session is not None
+    config = state.config
+    metrics = state.metrics
+    dialect = dialect_for(spec.path)
+    attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
+    error: GatewayError = ServiceUnavailable("no backend available")
+    for i, backend in enumerate(attempts):
+        last_try = i == len(attempts) - 1
+        rec.backend = backend.name
+        await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
+        if metrics is not None:
+            metrics.started(backend.name)
+        try:
+            headers = upstream_headers(
+                request.headers,
+                client_ip=rec.remote,
+                peer_trusted=rec.via_proxy,
+                scheme=request.scheme,
+                request_id=rec.request_id,
+                api_key=backend.config.api_key,
+            )
+            if spec.json_body:
+                headers["Content-Type"] = "application/json"
+            elif request.content_type and body is not None:
+                headers["Content-Type"] = request.content_type
+            try:
+                upstream = await open_upstream(state.session, backend, request, headers, body, rec)
+            except GatewayError as exc:
+                if metrics is not None:
+                    metrics.upstream_error(backend.name, rec.error)
+                error = exc
+                continue
+            if upstream.status in (401, 407):
+                upstream.close()
+                rec.error = "status"
+                if metrics is not None:
+                    metrics.upstream_error(backend.name, "status")
+                raise BadGateway(
+                    f"backend '{backend.name}' rejected the gateway's credentials (HTTP {upstream.status}); "
+                    f"check backends[{backend.index}].api_key"
+                )
+            if upstream.status in RETRY_STATUSES and not last_try:
+                upstream.close()
+                rec.error = "status"
+                if metrics is not None:
+                    metrics.upstream_error(backend.name, "status")
+                continue
+            rec.error = ""
+            scan = None
+            if metrics is not None:
+                scanner = make_scanner(spec.path, upstream.headers.get("Content-Type", ""))
+                if scanner is not None:
+                    scan = scanner.feed
+            try:
+                return await relay(
+                    request,
+                    upstream,
+                    rec,
+                    dialect=dialect,
+                    first_byte=backend.config.timeouts.first_byte,
+                    idle=backend.config.timeouts.idle,
+                    scan=scan,
+                    transform=transform,
+                )
+            finally:
+                if scan is not None:
+                    scanner.finish(rec)
+                if rec.error and metrics is not None:
+                    metrics.upstream_error(backend.name, rec.error)
+        finally:
+            backend.release()
+            if metrics is not None:
+                metrics.finished(backend.name)
+    raise error
+
+
+async def open_upstream(
+    session: aiohttp.ClientSession,
+    backend: Backend,
+    request: web.Request,
+    headers: Any,
+    body: bytes | aiohttp.StreamReader | None,
+    rec: RequestRecord,
+) -> aiohttp.ClientResponse:
+    """Send the request and wait for the response head, mapping failures to 502/504."""
+    timeouts = backend.config.timeouts
+    remaining = max(0.001, rec.start + timeouts.first_byte - asyncio.get_running_loop().time())
+    try:
+        async with asyncio.timeout(remaining):
+            return await session.request(
+                request.method,
+                backend.url(request.path_qs),
+                data=body,
+                headers=headers,
+                timeout=backend.client_timeout,
+                allow_redirects=False,
+            )
+    except aiohttp.ConnectionTimeoutError:
+        rec.error = "connect"
+        raise GatewayTimeout(
+            f"backend '{backend.name}' did not accept a connection within {timeouts.connect:g}s"
+        ) from None
+    except TimeoutError:
+        rec.error = "timeout"
+        raise GatewayTimeout(
+            f"backend '{backend.name}' sent no response within {timeouts.first_byte:g}s (timeouts.first_byte)"
+        ) from None
+    except aiohttp.ClientConnectorError as exc:
+        rec.error = "connect"
+        raise BadGateway(f"backend '{backend.name}' is unreachable: {exc.os_error.strerror or exc}") from None
+    except aiohttp.ClientResponseError as exc:
+        rec.error = "protocol"
+        raise BadGateway(f"backend '{backend.name}' sent an invalid response: {exc.message}") from None
+    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
+        rec.error = "reset"
+        raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
+

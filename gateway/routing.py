@@ -1,0 +1,82 @@
+"""Which backend serves a model: aliases, per-backend globs or discovered lists, and selection.
+
+Pure: reads ``Backend`` state, does no I/O. A requested name is first rewritten by ``aliases``, then
+matched against each backend: its ``models`` globs when configured, else the names it reported.
+Ollama's ``llama3.2`` and ``llama3.2:latest`` are one model (only on Ollama backends: LM Studio's
+``:2`` is not a tag). Among the backends that serve a model, healthy ones are tried least-loaded
+first (in-flight requests per unit of weight), ties going round-robin.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+
+from .backends import Backend, ollama_canonical
+
+__all__ = ["Route", "Router", "glob_matches"]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    requested: str  # what the client sent
+    model: str  # the real model name sent upstream (after aliases)
+    backends: tuple[Backend, ...]  # every backend serving it, config order
+
+
+def glob_matches(globs: Sequence[str], name: str, ollama: bool) -> bool:
+    """Whether ``name`` matches one of ``globs``; for Ollama, with and without ``:latest``."""
+    names = (name,)
+    if ollama:
+        canonical = ollama_canonical(name)
+        bare = canonical.removesuffix(":latest")
+        names = (name, canonical, bare)
+    return any(fnmatchcase(n, g) for g in globs for n in names)
+
+
+class Router:
+    def __init__(self, backends: Sequence[Backend], aliases: Mapping[str, str]) -> None:
+        self.backends = tuple(backends)
+        self.aliases = dict(aliases)
+        # Ollama-style clients may send "alias:latest" for an alias defined without a tag.
+        for alias, target in aliases.items():
+            self.aliases.setdefault(ollama_canonical(alias), target)
+        self._turn = itertools.count()
+
+    def resolve(self, requested: str) -> Route | None:
+        model = self.aliases.get(requested, requested)
+        serving = tuple(b for b in self.backends if self.serves(b, model))
+        return Route(requested, model, serving) if serving else None
+
+    @staticmethod
+    def serves(backend: Backend, model: str) -> bool:
+        globs = backend.config.models
+        if globs is not None:
+            return glob_matches(globs, model, backend.is_ollama)
+        return backend.lookup_key(model) in backend.models
+
+    def order(self, route: Route) -> list[Backend]:
+        """Candidates to try, best first; backends marked down are left out."""
+        healthy = [b for b in route.backends if b.up]
+        if len(healthy) > 1:
+            turn = next(self._turn)
+            n = len(healthy)
+            healthy = [healthy[(i + turn) % n] for i in range(n)]
+            healthy.sort(key=lambda b: b.load)  # stable: rotation breaks ties
+        return healthy
+
+    def listed_models(self, backend: Backend) -> list[str]:
+        """Names a backend is listed under: discovered names its globs allow, plus literal globs."""
+        globs = backend.config.models
+        names = [m.name for m in backend.models.values()]
+        if globs is None:
+            return names
+        listed = [n for n in names if glob_matches(globs, n, backend.is_ollama)]
+        seen = {backend.lookup_key(n) for n in listed}
+        for g in globs:
+            if not any(c in g for c in "*?[") and backend.lookup_key(g) not in seen:
+                listed.append(g)
+                seen.add(backend.lookup_key(g))
+        return listed

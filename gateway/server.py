@@ -1,0 +1,131 @@
+"""Running an app on a socket: the runner options every entry point shares, signals, workers.
+
+Tests and the CLI start the gateway the same way (``make_runner``), so what the tests exercise is
+what users run: ``handler_cancellation=True`` makes a client disconnect cancel its handler (and so
+close the upstream request) even while nothing is being written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import os
+import signal
+import ssl
+import sys
+from contextlib import suppress
+
+from aiohttp import web
+
+from .app import create_app
+from .config import GatewayConfig
+
+__all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
+
+log = logging.getLogger("gateway")
+
+
+def make_runner(app: web.Application) -> web.AppRunner:
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+
+
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def unsafe_listen_reason(config: GatewayConfig, host: str) -> str | None:
+    """Why listening on ``host`` would expose an unauthenticated gateway, or None if it is fine."""
+    if config.auth is None and not is_loopback(host) and not config.server.allow_unauthenticated_remote:
+        return (
+            f"refusing to listen on {host} without authentication: anyone who can reach it could use your models. "
+            "Add an auth section (gateway new-key), or set server.allow_unauthenticated_remote: true"
+        )
+    return None
+
+
+def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
+    tls = config.server.tls
+    if tls is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+async def serve(config: GatewayConfig, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+    app = create_app(config)
+    runner = make_runner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, ssl_context=ssl_context(config), reuse_port=reuse_port, backlog=4096)
+    await site.start()
+    scheme = "https" if config.server.tls else "http"
+    backends = ", ".join(f"{b.name}={b.url}" for b in config.backends)
+    log.info("local-llm-gateway listening on %s://%s:%d (pid %d), backends: %s", scheme, host, port, os.getpid(), backends)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("shutting down")
+        await runner.cleanup()
+
+
+def _run_loop(coro_factory: object) -> None:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional: Linux wheels only
+        asyncio.run(coro_factory())  # type: ignore[operator]
+    else:
+        uvloop.run(coro_factory())  # type: ignore[operator]
+
+
+def run(config: GatewayConfig, host: str, port: int, workers: int = 1) -> int:
+    """Run the gateway in this process, or in ``workers`` processes sharing the port (SO_REUSEPORT)."""
+    if workers <= 1:
+        _run_loop(lambda: serve(config, host, port))
+        return 0
+    children: list[int] = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:  # child: its own loop, its own app, its own listening socket
+            code = 0
+            try:
+                _run_loop(lambda: serve(config, host, port, reuse_port=True))
+            except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent's code
+                log.exception("worker crashed")
+                code = 1
+            finally:
+                os._exit(code)
+        children.append(pid)
+
+    def forward(sig: int, _frame: object) -> None:
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    status = 0
+    for child in children:
+        while True:
+            try:
+                _, code = os.waitpid(child, 0)
+                break
+            except InterruptedError:
+                continue
+        status = status or (os.waitstatus_to_exitcode(code) or 0)
+    return 1 if status else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit("use the `gateway` command")

@@ -1,0 +1,155 @@
+"""The byte relay from a backend response to the client, and its timing watchdog.
+
+Streaming is a relay, not a parser: every chunk is written as it arrives (``readany``, never line
+reads), SSE and NDJSON alike. Usage scanners see each chunk *after* nothing else needs it, and
+never delay it. If the backend dies or goes quiet mid-stream the client's response is ended
+abnormally (after an in-band error event when the stream is at an event boundary), never as a
+clean, truncated 200. Nothing here writes an error body once the response is prepared.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_body
+from .headers import downstream_headers
+from .record import RequestRecord
+
+__all__ = ["STREAM_TYPES", "Watchdog", "relay"]
+
+STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+
+
+class Watchdog:
+    """Bounds the wait for the first body byte and every gap after it, at one timer per stream.
+
+    The hot path only stores ``last``; the timer re-arms itself from that when it fires, so a
+    chunk costs no timer churn. On expiry the upstream reader gets a TimeoutError.
+    """
+
+    __slots__ = ("_handle", "_loop", "content", "fired", "first_byte", "got_first", "idle", "last")
+
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, content: aiohttp.StreamReader, start: float, first_byte: float, idle: float
+    ) -> None:
+        self._loop = loop
+        self.content = content
+        self.first_byte = first_byte
+        self.idle = idle
+        self.last = start
+        self.got_first = False
+        self.fired = False
+        self._handle = loop.call_at(start + first_byte, self._check)
+
+    def _check(self) -> None:
+        due = self.last + (self.idle if self.got_first else self.first_byte)
+        if self._loop.time() >= due - 0.001:
+            self.fired = True
+            self.content.set_exception(TimeoutError())
+        else:
+            self._handle = self._loop.call_at(due, self._check)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
+
+
+def _at_boundary(last: bytes, sse: bool) -> bool:
+    return last.endswith((b"\n\n", b"\r\n\r\n")) if sse else last.endswith(b"\n")
+
+
+async def relay(
+    request: web.Request,
+    upstream: aiohttp.ClientResponse,
+    rec: RequestRecord,
+    *,
+    dialect: Dialect,
+    first_byte: float,
+    idle: float,
+    scan: Callable[[bytes], None] | None = None,
+    transform: Callable[[bytes], bytes] | None = None,
+) -> web.StreamResponse:
+    """Copy status, filtered headers and body bytes to the client as they arrive."""
+    content_type = upstream.headers.get("Content-Type", "")
+    streamed = content_type.startswith(STREAM_TYPES)
+    response = web.StreamResponse(
+        status=upstream.status, reason=upstream.reason, headers=downstream_headers(upstream.headers, streamed=streamed)
+    )
+    if not streamed and transform is None and upstream.content_length is not None:
+        response.content_length = upstream.content_length  # exact, undecoded bytes: keep the length
+    rec.streamed = streamed
+    rec.status = upstream.status
+    loop = asyncio.get_running_loop()
+    content = upstream.content
+    watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
+    last = b""
+    try:
+        await response.prepare(request)
+        while True:
+            try:
+                chunk = await content.readany()
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                await _abort(request, response, rec, exc, watchdog.fired, dialect, streamed and _at_boundary(last, "event-stream" in content_type))
+                return response
+            if not chunk:
+                break
+            now = loop.time()
+            watchdog.last = now
+            if not watchdog.got_first:
+                watchdog.got_first = True
+                rec.first_byte = now
+            if scan is not None:
+                scan(chunk)
+            if transform is not None:
+                chunk = transform(chunk)
+                if not chunk:
+                    continue
+            last = chunk
+            rec.bytes_out += len(chunk)
+            await response.write(chunk)
+        await response.write_eof()
+    except (ConnectionResetError, asyncio.CancelledError):
+        rec.status = 499  # the client went away; closing upstream (below) stops the generation
+        rec.error = "client_closed"
+        raise
+    finally:
+        watchdog.cancel()
+        upstream.close()
+        rec.end = loop.time()
+    return response
+
+
+async def _abort(
+    request: web.Request,
+    response: web.StreamResponse,
+    rec: RequestRecord,
+    exc: BaseException,
+    timed_out: bool,
+    dialect: Dialect,
+    in_band: bool,
+) -> None:
+    """End the client's response abnormally after an upstream failure mid-body."""
+    err: GatewayError
+    if timed_out:
+        rec.error = "timeout"
+        err = GatewayTimeout("the backend stopped sending for longer than its idle timeout")
+    else:
+        rec.error = "protocol" if isinstance(exc, aiohttp.ClientPayloadError) else "reset"
+        err = BadGateway("the backend closed the connection in the middle of the response")
+    if in_band:
+        body = error_body(dialect, err)
+        if response.content_type == "text/event-stream":
+            prefix = b"event: error\n" if dialect is Dialect.ANTHROPIC else b""
+            body = prefix + b"data: " + body + b"\n\n"
+        else:
+            body += b"\n"
+        try:
+            await response.write(body)
+        except ConnectionResetError:
+            pass
+    transport = request.transport
+    if transport is not None:
+        transport.close()  # no terminating chunk: the client sees an incomplete body, not a clean 200
