@@ -131,7 +131,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_new_key(args: argparse.Namespace) -> int:
     from .secrets import new_key_entry
 
-    key, entry = new_key_entry(args.name)
+    try:
+        key, entry = new_key_entry(args.name)
+    except ValueError as exc:
+        print(f"error: --name: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     print(f"# API key for '{args.name}' (shown once; store it in the client):", file=sys.stderr)
     print(key)
     print("# Add this under auth.api_keys in gateway.yaml (it holds only the hash):", file=sys.stderr)

@@ -70,7 +70,7 @@ class Discovery:
         self.interval = interval
         self.on_health = on_health
         self._lock = asyncio.Lock()
-        self._last_refresh = -MIN_REFRESH_GAP
+        self._last_refresh = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
 
     async def refresh_backend(self, backend: Backend) -> bool:
@@ -88,10 +88,11 @@ class Discovery:
         """Refresh every backend's model list concurrently (rate-limited unless forced)."""
         loop = asyncio.get_running_loop()
         async with self._lock:
-            if not force and loop.time() - self._last_refresh < MIN_REFRESH_GAP:
-                return
+            if not force:  # on-demand refreshes (unknown names) are rate-limited among themselves
+                if loop.time() - self._last_refresh < MIN_REFRESH_GAP:
+                    return
+                self._last_refresh = loop.time()
             await asyncio.gather(*(self.refresh_backend(b) for b in self.backends))
-            self._last_refresh = loop.time()
 
     async def probe(self, backend: Backend) -> None:
         hc = backend.config.health_check

@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING
 
-from multidict import CIMultiDict, CIMultiDictProxy, istr
+from multidict import CIMultiDict, CIMultiDictProxy
 
 if TYPE_CHECKING:
     from ipaddress import IPv4Network, IPv6Network
@@ -25,7 +25,7 @@ __all__ = [
 ]
 
 HOP_BY_HOP: frozenset[str] = frozenset(
-    istr(h)
+    h
     for h in (
         "connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade",
         "proxy-authorization", "proxy-authenticate",
@@ -34,7 +34,7 @@ HOP_BY_HOP: frozenset[str] = frozenset(
 
 # Never sent upstream: consumed by the gateway, forgeable, recomputed, or harmful to the backend.
 DROP_UPSTREAM: frozenset[str] = HOP_BY_HOP | frozenset(
-    istr(h)
+    h
     for h in (
         "authorization", "x-api-key", "api-key", "cookie", "host", "origin", "referer", "expect",
         "content-length", "content-encoding", "accept-encoding",
@@ -46,7 +46,7 @@ DROP_UPSTREAM: frozenset[str] = HOP_BY_HOP | frozenset(
 # Never relayed downstream: framing is aiohttp's, CORS and Vary are the gateway's, auth challenges
 # from the backend would blame the client's key, cookies and server identity are the backend's business.
 DROP_DOWNSTREAM: frozenset[str] = HOP_BY_HOP | frozenset(
-    istr(h)
+    h
     for h in (
         "content-length", "www-authenticate", "set-cookie", "server", "date", "vary",
         "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-methods",
@@ -62,27 +62,32 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     value = headers.get("Connection")
     if not value:
         return frozenset()
-    return frozenset(istr(token.strip()) for token in value.split(",") if token.strip())
+    return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
 def upstream_headers(
     headers: CIMultiDictProxy[str],
     *,
-    client_ip: str,
+    peer_ip: str,
     peer_trusted: bool,
     scheme: str,
     request_id: str,
     api_key: str | None,
 ) -> CIMultiDict[str]:
-    """The headers to send to a backend for a client request."""
+    """The headers to send to a backend for a client request.
+
+    ``peer_ip`` is the direct peer; a trusted proxy's ``X-Forwarded-For`` is extended with it,
+    anyone else's is replaced by it.
+    """
     named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if name in DROP_UPSTREAM or (named and name in named):
+        lowered = name.lower()
+        if lowered in DROP_UPSTREAM or (named and lowered in named):
             continue
         out.add(name, value)
     forwarded_for = headers.get("X-Forwarded-For") if peer_trusted else None
-    out["X-Forwarded-For"] = f"{forwarded_for}, {client_ip}" if forwarded_for else client_ip
+    out["X-Forwarded-For"] = f"{forwarded_for}, {peer_ip}" if forwarded_for else peer_ip
     out["X-Forwarded-Proto"] = scheme
     out["Via"] = VIA
     out["X-Request-Id"] = request_id
@@ -98,7 +103,8 @@ def downstream_headers(headers: CIMultiDictProxy[str], *, streamed: bool) -> CIM
     named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
-        if name in DROP_DOWNSTREAM or (named and name in named):
+        lowered = name.lower()
+        if lowered in DROP_DOWNSTREAM or (named and lowered in named):
             continue
         out.add(name, value)
     if streamed:

@@ -11,6 +11,7 @@ the upstream connection at once so the GPU stops.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from .usage import UsageStripper, inject_usage, make_scanner
 __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
+LARGE_BODY = 1 << 20
 BACKEND_HEADER = "X-Gateway-Backend"  # admin endpoints only: which Ollama receives a pull/create/blob
 
 
@@ -237,7 +239,7 @@ async def forward(
         try:
             headers = upstream_headers(
                 request.headers,
-                client_ip=rec.remote,
+                peer_ip=request.remote or rec.remote,
                 peer_trusted=rec.via_proxy,
                 scheme=request.scheme,
                 request_id=rec.request_id,
@@ -248,7 +250,7 @@ async def forward(
             elif request.content_type and body is not None:
                 headers["Content-Type"] = request.content_type
             try:
-                upstream = await open_upstream(state.session, backend, request, headers, body, rec)
+                upstream = await open_upstream(state.session, backend, request, headers, payload_of(body), rec)
             except GatewayError as exc:
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
@@ -298,12 +300,19 @@ async def forward(
     raise error
 
 
+def payload_of(body: bytes | aiohttp.StreamReader | None) -> bytes | io.BytesIO | aiohttp.StreamReader | None:
+    """Large bodies go as BytesIO so aiohttp writes them in chunks with backpressure (no copy)."""
+    if isinstance(body, bytes) and len(body) > LARGE_BODY:
+        return io.BytesIO(body)
+    return body
+
+
 async def open_upstream(
     session: aiohttp.ClientSession,
     backend: Backend,
     request: web.Request,
     headers: Any,
-    body: bytes | aiohttp.StreamReader | None,
+    body: bytes | io.BytesIO | aiohttp.StreamReader | None,
     rec: RequestRecord,
 ) -> aiohttp.ClientResponse:
     """Send the request and wait for the response head, mapping failures to 502/504."""

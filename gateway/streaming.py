@@ -53,6 +53,13 @@ class Watchdog:
         else:
             self._handle = self._loop.call_at(due, self._check)
 
+    def first_chunk(self, now: float) -> None:
+        """Switch from the first-byte deadline to idle gaps (once per stream)."""
+        self.got_first = True
+        self.last = now
+        self._handle.cancel()
+        self._handle = self._loop.call_at(now + self.idle, self._check)
+
     def cancel(self) -> None:
         self._handle.cancel()
 
@@ -97,9 +104,10 @@ async def relay(
             if not chunk:
                 break
             now = loop.time()
-            watchdog.last = now
-            if not watchdog.got_first:
-                watchdog.got_first = True
+            if watchdog.got_first:
+                watchdog.last = now
+            else:
+                watchdog.first_chunk(now)
                 rec.first_byte = now
             if scan is not None:
                 scan(chunk)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 PROMPT_TOKENS = 7
 
@@ -31,7 +32,7 @@ PROMPT_TOKENS = 7
 class SeenRequest:
     method: str
     path: str
-    headers: dict[str, str]
+    headers: CIMultiDict[str]
     body: bytes
 
     @property
@@ -100,7 +101,7 @@ class FakeBackend:
 
     async def _record(self, request: web.Request) -> bytes:
         body = await request.read()
-        self.requests.append(SeenRequest(request.method, request.path_qs, dict(request.headers), body))
+        self.requests.append(SeenRequest(request.method, request.path_qs, CIMultiDict(request.headers), body))
         self.started.set()
         return body
 

@@ -18,13 +18,18 @@ async def test_client_credentials_origin_cookie_never_reach_the_backend(
     backend_factory: BackendFactory, gateway_factory: GatewayFactory
 ) -> None:
     backend = await backend_factory("gpu", kind="openai", models=["m"], cors=True)
-    gw = await gateway_factory({"backends": [backend_entry(backend, type="vllm", api_key="backend-secret")]})
+    gw = await gateway_factory(
+        {
+            "backends": [backend_entry(backend, type="vllm", api_key="backend-secret")],
+            "cors": {"allow_origins": ["http://app.example"]},
+        }
+    )
     sent = {
         "Authorization": "Bearer client-secret",
         "x-api-key": "client-secret-2",
         "api-key": "client-secret-3",
-        "Origin": "http://evil.example",
-        "Referer": "http://evil.example/page",
+        "Origin": "http://app.example",
+        "Referer": "http://app.example/page",
         "Cookie": "session=abc",
         "Proxy-Authorization": "Basic Zm9vOmJhcg==",
         "Connection": "keep-alive, X-Custom-Hop",
@@ -38,8 +43,8 @@ async def test_client_credentials_origin_cookie_never_reach_the_backend(
             f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []}, headers=sent
         ) as resp:
             assert resp.status == 200
-            # The backend's own CORS headers were dropped; no CORS configured, so none at all.
-            assert "Access-Control-Allow-Origin" not in resp.headers
+            # The backend's own "*" was dropped: exactly one ACAO, the gateway's.
+            assert resp.headers.getall("Access-Control-Allow-Origin") == ["http://app.example"]
     seen = {k.lower(): v for k, v in backend.requests[-1].headers.items()}
     assert seen["authorization"] == "Bearer backend-secret"
     for name in ("x-api-key", "api-key", "origin", "referer", "cookie", "proxy-authorization", "x-custom-hop"):
@@ -50,6 +55,13 @@ async def test_client_credentials_origin_cookie_never_reach_the_backend(
     assert seen["host"] == backend.url.removeprefix("http://")  # the backend's, not the client's
     assert seen["user-agent"] == "OpenAI/Python 1.0" and seen["x-stainless-lang"] == "python"
     assert seen["via"] == "1.1 local-llm-gateway"
+    # A page on an origin that is not allowed is refused before any backend is touched (CSRF).
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []}, headers={"Origin": "http://evil.example"}
+        ) as resp:
+            assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+    assert len(backend.requests) == 1
 
 
 async def test_trusted_proxy_forwarded_for_is_extended(
@@ -85,7 +97,7 @@ def test_no_hop_by_hop_or_connection_named_header_survives(pairs: list[tuple[str
     if named:
         raw["Connection"] = ", ".join(named)
     for out in (
-        upstream_headers(CIMultiDictProxy(raw), client_ip="1.1.1.1", peer_trusted=False, scheme="http", request_id="r", api_key=None),
+        upstream_headers(CIMultiDictProxy(raw), peer_ip="1.1.1.1", peer_trusted=False, scheme="http", request_id="r", api_key=None),
         downstream_headers(CIMultiDictProxy(raw), streamed=True),
     ):
         for name in out:
