@@ -41,7 +41,7 @@ from .record import RequestRecord
 from .routing import Router
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 
-__all__ = ["create_app", "public_paths"]
+__all__ = ["create_app", "public_paths", "reload_credentials"]
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -194,6 +194,22 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         await session.close()
         if state.authenticator is not None:
             state.authenticator.close()
+
+
+def reload_credentials(app: web.Application, config: GatewayConfig) -> None:
+    """Swap in the credentials of a newly loaded config, atomically for every later request.
+
+    Only ``auth`` is reloaded (keys, users, their scopes); the old authenticator's caches go with
+    it, so a revoked key stops working at once. Other sections need a restart.
+    """
+    state = app[STATE]
+    if (config.auth is None) != (state.config.auth is None):
+        raise ValueError("turning auth on or off needs a restart (the listen-address safety check depends on it)")
+    metrics = state.metrics
+    new = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None) if config.auth else None
+    old, state.authenticator = state.authenticator, new
+    if old is not None:
+        old.close()
 
 
 def create_app(config: GatewayConfig) -> web.Application:

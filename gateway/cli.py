@@ -120,7 +120,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     _setup_logging(config)
     try:
-        return run(config, server.host, server.port, args.workers)
+        return run(config, server.host, server.port, args.workers, find_config_file(args.config))
     except OSError as exc:
         print(f"error: cannot listen on {server.host}:{server.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1

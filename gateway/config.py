@@ -201,7 +201,7 @@ _SIZE_UNITS = {
 }  # fmt: skip
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
 _ENV_RE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-(.*?))?\}")
-_ORIGIN_RE = re.compile(r"^(https?)://(\*\.)?[A-Za-z0-9.\-\[\]:]+?(:(\d{1,5}|\*))?$")
+_ORIGIN_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://(\*\.)?[A-Za-z0-9_.\-\[\]:]+?(:(\d{1,5}|\*))?$")
 _SHA256_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 _BCRYPT_RE = re.compile(r"^\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}$")
 
@@ -526,7 +526,7 @@ def _parse_cors(s: _Section) -> CorsConfig:
         try:
             origins.append(_origin(origin))
         except ValueError:
-            s.error(f"allow_origins[{i}]", f"expected '*' or an origin such as https://app.example.com, https://*.example.com or http://localhost:*, got {origin!r}")
+            s.error(f"allow_origins[{i}]", f"expected '*' or an origin such as https://app.example.com, https://*.example.com, http://localhost:* or chrome-extension://<id>, got {origin!r}")
     credentials = s.get("allow_credentials", _bool, d.allow_credentials, "true or false")
     if credentials and "*" in origins:
         s.error("allow_credentials", "cannot be true when allow_origins contains '*': browsers reject it; list the origins instead")

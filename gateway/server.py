@@ -15,11 +15,12 @@ import signal
 import ssl
 import sys
 from contextlib import suppress
+from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app
-from .config import GatewayConfig
+from .app import create_app, reload_credentials
+from .config import ConfigError, GatewayConfig, load_config
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
@@ -58,8 +59,29 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     return context
 
 
-async def serve(config: GatewayConfig, host: str, port: int, *, reuse_port: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM, then shut down gracefully."""
+def _reload(app: web.Application, path: Path | None) -> None:
+    """SIGHUP: re-read the config file and swap credentials; a bad file keeps the old ones."""
+    try:
+        config = load_config(path)
+        reload_credentials(app, config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            log.error("reload failed, keeping the previous credentials: %s", line)
+        return
+    except ValueError as exc:
+        log.error("reload failed, keeping the previous credentials: %s", exc)
+        return
+    auth = config.auth
+    log.info(
+        "reloaded credentials from %s: %d api key(s), %d basic user(s)",
+        path or "<defaults>", len(auth.api_keys) if auth else 0, len(auth.basic_users) if auth else 0,
+    )  # fmt: skip
+
+
+async def serve(
+    config: GatewayConfig, host: str, port: int, *, reuse_port: bool = False, config_path: Path | None = None
+) -> None:
+    """Serve until SIGINT/SIGTERM (SIGHUP reloads credentials), then shut down gracefully."""
     app = create_app(config)
     runner = make_runner(app)
     await runner.setup()
@@ -73,6 +95,8 @@ async def serve(config: GatewayConfig, host: str, port: int, *, reuse_port: bool
     for sig in (signal.SIGINT, signal.SIGTERM):
         with suppress(NotImplementedError):
             loop.add_signal_handler(sig, stop.set)
+    with suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path)
     try:
         await stop.wait()
     finally:
@@ -89,10 +113,10 @@ def _run_loop(coro_factory: object) -> None:
         uvloop.run(coro_factory())  # type: ignore[operator]
 
 
-def run(config: GatewayConfig, host: str, port: int, workers: int = 1) -> int:
+def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_path: Path | None = None) -> int:
     """Run the gateway in this process, or in ``workers`` processes sharing the port (SO_REUSEPORT)."""
     if workers <= 1:
-        _run_loop(lambda: serve(config, host, port))
+        _run_loop(lambda: serve(config, host, port, config_path=config_path))
         return 0
     children: list[int] = []
     for _ in range(workers):
@@ -100,7 +124,7 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1) -> int:
         if pid == 0:  # child: its own loop, its own app, its own listening socket
             code = 0
             try:
-                _run_loop(lambda: serve(config, host, port, reuse_port=True))
+                _run_loop(lambda: serve(config, host, port, reuse_port=True, config_path=config_path))
             except BaseException:  # noqa: BLE001 - a worker must never fall back into the parent's code
                 log.exception("worker crashed")
                 code = 1
@@ -115,6 +139,7 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1) -> int:
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGHUP, lambda sig, frame: [os.kill(c, signal.SIGHUP) for c in children])
     status = 0
     for child in children:
         while True:

@@ -1,0 +1,105 @@
+"""One access-log line per finished request, as logfmt-style text or as one JSON object.
+
+It reads only the ``RequestRecord``, which holds names, numbers and the path: never credentials,
+prompts or completions. The query string is cut off the path anyway (clients do put keys there),
+and control characters are escaped so a crafted path cannot forge log lines. Nothing is formatted
+when the logger would drop the line.
+
+Text:  ``time=2025-01-02T03:04:05.678Z id=… client=laptop remote=127.0.0.1 method=POST
+path=/v1/chat/completions model=llama3.2:3b backend=desktop status=200 bytes=5120 ttfb_ms=212.4
+duration_ms=4210.9 tokens_in=26 tokens_out=282`` (``-`` when unknown; ``error=…`` only on failure).
+JSON:  the same keys (``request_id`` for ``id``) with ``null`` when unknown, plus ``error``.
+The line carries its own time, so give its handler a bare ``%(message)s`` formatter.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Literal
+
+from .record import RequestRecord
+
+__all__ = ["AccessLog"]
+
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+_QUOTE_TRIGGERS = frozenset(' "=\\')
+
+
+def _timestamp(now: float) -> str:
+    seconds = int(now)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((now - seconds) * 1000):03d}Z"
+
+
+def _value(text: str) -> str:
+    """A logfmt value: ``-`` when empty; quoted, with escapes, when it holds a space, ``"``, ``=``,
+    a backslash or a non-printable character (control characters, Unicode line separators)."""
+    if not text:
+        return "-"
+    printable = text.isprintable()
+    if printable and _QUOTE_TRIGGERS.isdisjoint(text):
+        return text
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    if not printable:
+        text = "".join(c if c.isprintable() else _ESCAPES.get(c) or f"\\u{ord(c):04x}" for c in text)
+    return '"' + text + '"'
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(max(seconds, 0.0) * 1000, 1)
+
+
+class AccessLog:
+    """Writes one INFO line per request to ``logger``, in ``text`` or ``json`` format."""
+
+    __slots__ = ("_json", "_logger")
+
+    def __init__(self, format: Literal["text", "json"], logger: logging.Logger) -> None:
+        if format not in ("text", "json"):
+            raise ValueError(f"access log format must be 'text' or 'json', got {format!r}")
+        self._json = format == "json"
+        self._logger = logger
+
+    def log(self, rec: RequestRecord) -> None:
+        if not self._logger.isEnabledFor(logging.INFO):
+            return
+        self._logger.info("%s", self.format(rec))
+
+    def format(self, rec: RequestRecord, now: float | None = None) -> str:
+        """The line for ``rec`` (``now``: wall-clock time to print, default the current time)."""
+        when = _timestamp(time.time() if now is None else now)
+        path = rec.path.split("?", 1)[0]
+        ttfb, duration = _ms(rec.ttfb), _ms(rec.duration)
+        if self._json:
+            return json.dumps(
+                {
+                    "time": when,
+                    "request_id": rec.request_id,
+                    "client": rec.client,
+                    "remote": rec.remote,
+                    "method": rec.method,
+                    "path": path,
+                    "model": rec.model or None,
+                    "backend": rec.backend or None,
+                    "status": rec.status,
+                    "bytes": rec.bytes_out,
+                    "ttfb_ms": ttfb,
+                    "duration_ms": duration,
+                    "tokens_in": rec.prompt_tokens,
+                    "tokens_out": rec.completion_tokens,
+                    "error": rec.error or None,
+                },
+                ensure_ascii=False,
+            )
+        line = (
+            f"time={when} id={_value(rec.request_id)} client={_value(rec.client)} remote={_value(rec.remote)} "
+            f"method={_value(rec.method)} path={_value(path)} model={_value(rec.model)} "
+            f"backend={_value(rec.backend)} status={rec.status} bytes={rec.bytes_out} "
+            f"ttfb_ms={'-' if ttfb is None else ttfb} duration_ms={'-' if duration is None else duration} "
+            f"tokens_in={'-' if rec.prompt_tokens is None else rec.prompt_tokens} "
+            f"tokens_out={'-' if rec.completion_tokens is None else rec.completion_tokens}"
+        )
+        if rec.error:
+            line += f" error={_value(rec.error)}"
+        return line

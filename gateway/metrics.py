@@ -1,0 +1,362 @@
+"""The gateway's Prometheus instruments, on a registry of their own (never the global default).
+
+Owns the metric names and labels of the product contract, the label-value policy (``unknown`` model,
+``none`` backend, a cap on distinct models) and the two read sides: ``render`` for ``/metrics`` and
+``snapshot`` for the dashboard's JSON. Label values come only from configuration and routing
+results that the proxy puts on the ``RequestRecord``; nothing here sees a raw request.
+
+The hot path, ``record``, runs once per finished request: label children are cached by label
+tuple, so it costs a few dict lookups and the observations, not ``.labels()`` calls.
+
+With ``multiprocess_dir`` (``gateway serve --workers N``) values live in prometheus_client's
+per-process mmap files in that directory; ``render`` and ``snapshot`` merge all workers' files.
+That mode is process-wide by nature (prometheus_client decides it per process), so constructing
+such a Metrics switches this process's value class; see ``prepare_multiprocess_dir`` and
+``mark_process_dead`` for the supervisor's part.
+"""
+
+from __future__ import annotations
+
+import glob
+import math
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import prometheus_client
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, values
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
+
+from .record import RequestRecord
+
+__all__ = [
+    "LATENCY_BUCKETS",
+    "MAX_MODELS",
+    "NO_BACKEND",
+    "OTHER_MODEL",
+    "TOKENS_PER_SECOND_BUCKETS",
+    "UNKNOWN_MODEL",
+    "Metrics",
+    "mark_process_dead",
+    "prepare_multiprocess_dir",
+]
+
+# LLM latencies run from milliseconds (a cached /api/show) to minutes (a cold 70B load).
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+TOKENS_PER_SECOND_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 40, 50, 75, 100, 150, 200, 300, 500, 1000)
+UNKNOWN_MODEL = "unknown"  # record.model == "": no model was routed
+NO_BACKEND = "none"  # record.backend == "": no backend was chosen
+OTHER_MODEL = "other"  # models beyond MAX_MODELS distinct names
+MAX_MODELS = 500  # a guard against a label explosion should a caller ever pass unvetted names
+
+_REQUEST_LABELS = ("backend", "model", "endpoint", "code", "client")
+_ROUTE_LABELS = ("backend", "model", "endpoint")
+
+
+def prepare_multiprocess_dir(path: str) -> None:
+    """Create ``path`` and remove stale ``*.db`` files; the supervisor calls it before starting workers.
+
+    Left over from a previous run, they would be summed into this run's counters.
+    """
+    os.makedirs(path, exist_ok=True)
+    for name in glob.glob(os.path.join(path, "*.db")):
+        os.remove(name)
+
+
+def mark_process_dead(pid: int, path: str) -> None:
+    """Drop a dead worker's live gauges (in-flight, backend up); the supervisor calls it on exit."""
+    _mark_process_dead(pid, path)  # type: ignore[no-untyped-call]
+
+
+def _use_multiprocess(path: str) -> None:
+    # prometheus_client picks its value class when it is first imported, from the environment. A
+    # worker forked from a parent that imported it without PROMETHEUS_MULTIPROC_DIR would keep
+    # in-memory values that no render can see, so switch explicitly (idempotent).
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") != path:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        values.ValueClass = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """Every gateway metric; one instance per application."""
+
+    def __init__(
+        self,
+        backends: Sequence[str],
+        registry: CollectorRegistry | None = None,
+        multiprocess_dir: str | None = None,
+    ) -> None:
+        # "_created" series double the series count in the text format and carry nothing a
+        # dashboard uses (multiprocess mode never has them): off, for the whole process.
+        prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+        self.backends = tuple(backends)
+        self.multiprocess_dir = multiprocess_dir
+        self._collector: MultiProcessCollector | None = None
+        own: CollectorRegistry | None
+        if multiprocess_dir:
+            _use_multiprocess(multiprocess_dir)
+            self.registry = registry if registry is not None else CollectorRegistry()
+            self._collector = MultiProcessCollector(self.registry, path=multiprocess_dir)  # type: ignore[no-untyped-call]
+            own = None  # the values are read back from the files, not from these objects
+        else:
+            self.registry = registry if registry is not None else CollectorRegistry()
+            own = self.registry
+
+        self.requests = Counter(
+            "gateway_requests", "Requests answered, by backend, model, endpoint, status code and client.",
+            _REQUEST_LABELS, registry=own,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "gateway_request_duration_seconds", "Time from request arrival to the last byte relayed.",
+            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=own,
+        )  # fmt: skip
+        self.ttfb = Histogram(
+            "gateway_time_to_first_byte_seconds", "Time from request arrival to the first body byte relayed.",
+            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=own,
+        )  # fmt: skip
+        self.tokens = Counter(
+            "gateway_tokens", "Tokens reported by backends (kind: prompt or completion).",
+            ("backend", "model", "client", "kind"), registry=own,
+        )  # fmt: skip
+        self.generation_speed = Histogram(
+            "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
+            ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=own,
+        )  # fmt: skip
+        self.in_flight = Gauge(
+            "gateway_in_flight_requests", "Requests currently being relayed to or from each backend.",
+            ("backend",), registry=own, multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.up = Gauge(
+            "gateway_backend_up", "1 when the backend passes its health checks, else 0.",
+            ("backend",), registry=own, multiprocess_mode="livemostrecent",
+        )  # fmt: skip
+        self.auth_failures = Counter(
+            "gateway_auth_failures", "Requests refused for missing or bad credentials, by reason.",
+            ("reason",), registry=own,
+        )  # fmt: skip
+        self.upstream_errors = Counter(
+            "gateway_upstream_errors", "Failures talking to a backend, by reason.",
+            ("backend", "reason"), registry=own,
+        )  # fmt: skip
+
+        self._models: set[str] = {UNKNOWN_MODEL, OTHER_MODEL}
+        self._route: dict[tuple[str, str, str, int, str], tuple[Any, Any, Any]] = {}
+        self._token: dict[tuple[str, str, str], tuple[Any, Any]] = {}
+        self._speed: dict[tuple[str, str], Any] = {}
+        self._in_flight = {name: self.in_flight.labels(name) for name in self.backends}
+        self._up: dict[str, Any] = {}
+        self._auth: dict[str, Any] = {}
+        self._upstream: dict[tuple[str, str], Any] = {}
+        self._snapshot: tuple[float, dict[str, Any]] | None = None
+
+    # ----------------------------------------------------------------------- write side
+
+    def record(self, rec: RequestRecord) -> None:
+        """Count one finished request: request, duration, time to first byte, tokens, tokens/s."""
+        backend = rec.backend or NO_BACKEND
+        model = rec.model or UNKNOWN_MODEL
+        if model not in self._models:
+            model = self._admit(model)
+        key = (backend, model, rec.endpoint, rec.status, rec.client)
+        children = self._route.get(key)
+        if children is None:
+            children = self._route_children(key)
+        requests, duration, ttfb = children
+        requests.inc()
+        start = rec.start
+        if rec.end is not None:
+            duration.observe(max(rec.end - start, 0.0))
+        if rec.first_byte is not None:
+            ttfb.observe(max(rec.first_byte - start, 0.0))
+        prompt, completion = rec.prompt_tokens, rec.completion_tokens
+        if prompt or completion:
+            tkey = (backend, model, rec.client)
+            tokens = self._token.get(tkey)
+            if tokens is None:
+                tokens = self._token[tkey] = (
+                    self.tokens.labels(*tkey, "prompt"),
+                    self.tokens.labels(*tkey, "completion"),
+                )
+            if prompt:
+                tokens[0].inc(prompt)
+            if completion:
+                tokens[1].inc(completion)
+        count, ns = rec.eval_count, rec.eval_duration_ns
+        if count and ns:
+            skey = (backend, model)
+            speed = self._speed.get(skey)
+            if speed is None:
+                speed = self._speed[skey] = self.generation_speed.labels(*skey)
+            speed.observe(count * 1e9 / ns)
+
+    def _admit(self, model: str) -> str:
+        if len(self._models) >= MAX_MODELS + 2:
+            return OTHER_MODEL
+        self._models.add(model)
+        return model
+
+    def _route_children(self, key: tuple[str, str, str, int, str]) -> tuple[Any, Any, Any]:
+        backend, model, endpoint, status, client = key
+        children = (
+            self.requests.labels(backend, model, endpoint, str(status), client),
+            self.duration.labels(backend, model, endpoint),
+            self.ttfb.labels(backend, model, endpoint),
+        )
+        self._route[key] = children
+        return children
+
+    def started(self, backend: str) -> None:
+        """A request to ``backend`` began (pair with ``finished``)."""
+        child = self._in_flight.get(backend)
+        if child is None:
+            child = self._in_flight[backend] = self.in_flight.labels(backend or NO_BACKEND)
+        child.inc()
+
+    def finished(self, backend: str) -> None:
+        child = self._in_flight.get(backend)
+        if child is None:
+            child = self._in_flight[backend] = self.in_flight.labels(backend or NO_BACKEND)
+        child.dec()
+
+    def backend_up(self, name: str, up: bool) -> None:
+        child = self._up.get(name)
+        if child is None:
+            child = self._up[name] = self.up.labels(name)
+        child.set(1 if up else 0)
+
+    def auth_failure(self, reason: str) -> None:
+        child = self._auth.get(reason)
+        if child is None:
+            child = self._auth[reason] = self.auth_failures.labels(reason)
+        child.inc()
+
+    def upstream_error(self, backend: str, reason: str) -> None:
+        key = (backend, reason)
+        child = self._upstream.get(key)
+        if child is None:
+            child = self._upstream[key] = self.upstream_errors.labels(backend or NO_BACKEND, reason or "unknown")
+        child.inc()
+
+    # ----------------------------------------------------------------------- read side
+
+    def render(self, accept: str = "") -> tuple[bytes, str]:
+        """The exposition body and its content type (OpenMetrics when ``accept`` asks for it)."""
+        encoder, content_type = choose_encoder(accept)
+        return encoder(self.registry), content_type
+
+    def _families(self) -> dict[str, Metric]:
+        wanted: Iterable[Metric]
+        if self._collector is not None:
+            wanted = self._collector.collect()  # type: ignore[no-untyped-call]
+        else:
+            wanted = (
+                family
+                for metric in (self.requests, self.tokens, self.ttfb, self.generation_speed, self.in_flight, self.up)
+                for family in metric.collect()
+            )
+        return {family.name: family for family in wanted}
+
+    def snapshot(self, max_age: float = 0.0) -> dict[str, Any]:
+        """Totals for the status page: per backend, model and client; TTFB p50/p95 per model.
+
+        Quantiles are interpolated within histogram buckets, as PromQL's ``histogram_quantile``
+        does; ``None`` when there is no data. ``errors`` counts responses with status >= 500.
+        Its cost grows with the number of series (a few ms for a few hundred); ``max_age`` > 0
+        returns the previous snapshot while it is younger than that many seconds, so several
+        open dashboards polling every second cost one.
+        """
+        now = time.monotonic()
+        if max_age > 0 and self._snapshot is not None and now - self._snapshot[0] < max_age:
+            return self._snapshot[1]
+        snap = self._build_snapshot()
+        self._snapshot = (now, snap)
+        return snap
+
+    def _build_snapshot(self) -> dict[str, Any]:
+        families = self._families()
+
+        def blank() -> dict[str, Any]:
+            return {"requests": 0, "errors": 0, "prompt_tokens": 0, "completion_tokens": 0}
+
+        totals = {**blank(), "in_flight": 0}
+        backends: dict[str, dict[str, Any]] = {name: {"up": None, "in_flight": 0, **blank()} for name in self.backends}
+        models: dict[str, dict[str, Any]] = {}
+        clients: dict[str, dict[str, Any]] = {}
+
+        def rows(backend: str, model: str, client: str) -> list[dict[str, Any]]:
+            b = backends.setdefault(backend, {"up": None, "in_flight": 0, **blank()})
+            return [totals, b, models.setdefault(model, blank()), clients.setdefault(client, blank())]
+
+        for sample in _samples(families, "gateway_requests", "gateway_requests_total"):
+            labels = sample.labels
+            count = int(sample.value)
+            code = labels["code"]
+            error = count if code.isdigit() and int(code) >= 500 else 0
+            for row in rows(labels["backend"], labels["model"], labels["client"]):
+                row["requests"] += count
+                row["errors"] += error
+        for sample in _samples(families, "gateway_tokens", "gateway_tokens_total"):
+            labels = sample.labels
+            field = "prompt_tokens" if labels["kind"] == "prompt" else "completion_tokens"
+            for row in rows(labels["backend"], labels["model"], labels["client"]):
+                row[field] += int(sample.value)
+        for sample in _samples(families, "gateway_in_flight_requests", "gateway_in_flight_requests"):
+            count = int(sample.value)
+            backends.setdefault(sample.labels["backend"], {"up": None, "in_flight": 0, **blank()})["in_flight"] += count
+            totals["in_flight"] += count
+        for sample in _samples(families, "gateway_backend_up", "gateway_backend_up"):
+            backends.setdefault(sample.labels["backend"], {"up": None, "in_flight": 0, **blank()})["up"] = (
+                sample.value >= 1
+            )
+
+        ttfb = _buckets_by_model(families, "gateway_time_to_first_byte_seconds")
+        speed = _buckets_by_model(families, "gateway_generation_tokens_per_second")
+        for model, row in models.items():
+            row["ttfb_p50"] = _quantile(0.5, ttfb.get(model))
+            row["ttfb_p95"] = _quantile(0.95, ttfb.get(model))
+            row["tokens_per_second_p50"] = _quantile(0.5, speed.get(model))
+        return {"time": time.time(), "totals": totals, "backends": backends, "models": models, "clients": clients}
+
+
+def _samples(families: dict[str, Metric], family: str, name: str) -> Iterable[Any]:
+    metric = families.get(family)
+    if metric is None:
+        return ()
+    return (s for s in metric.samples if s.name == name)
+
+
+def _buckets_by_model(families: dict[str, Metric], family: str) -> dict[str, dict[float, float]]:
+    """Cumulative bucket counts summed over every label but ``model``: {model: {le: count}}."""
+    out: dict[str, dict[float, float]] = {}
+    for sample in _samples(families, family, family + "_bucket"):
+        per_model = out.setdefault(sample.labels["model"], {})
+        bound = float(sample.labels["le"])
+        per_model[bound] = per_model.get(bound, 0.0) + sample.value
+    return out
+
+
+def _quantile(q: float, buckets: dict[float, float] | None) -> float | None:
+    """Linear interpolation within the bucket holding rank ``q * count`` (histogram_quantile)."""
+    if not buckets:
+        return None
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]]
+    if total <= 0:
+        return None
+    rank = q * total
+    lower, below = 0.0, 0.0
+    for bound in bounds:
+        count = buckets[bound]
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # beyond the last finite bucket: its bound is all that is known
+            if count == below:
+                return bound
+            return lower + (bound - lower) * (rank - below) / (count - below)
+        lower, below = bound, count
+    return lower
