@@ -68,7 +68,7 @@ INJECTABLE_ENDPOINTS = frozenset({"/v1/chat/completions", "/v1/completions"})
 _USAGE = b'"usage"'
 _EVAL = b'eval_count"'  # matches "prompt_eval_count" and "eval_count", which only final objects carry
 _RESPONSE_DONE = frozenset({"response.completed", "response.incomplete", "response.failed"})
-_KEY_INT = re.compile(rb"\s*:\s*(\d{1,18})")
+_KEY_INT = re.compile(rb"\s*:\s*(\d{1,18})(?=[^\d])")  # a number cut off by the end of the data is not one
 _KEY_OBJECT = re.compile(rb"\s*:\s*\{")
 _DECODER = json.JSONDecoder()
 # Two line terminators in a row end an SSE event; "\r\n" is one terminator, not two.

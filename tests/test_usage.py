@@ -297,6 +297,12 @@ def test_huge_final_line_is_not_held_whole() -> None:
         assert len(scanner._buf) <= MAX_FRAME + step  # type: ignore[attr-defined]
 
 
+def test_huge_final_line_cut_inside_a_number_counts_nothing_from_it() -> None:
+    body = ollama_chat(context=200_000)
+    cut = body.index(b'"eval_count":282') + len(b'"eval_count":28')
+    assert scan("/api/generate", NDJSON, [body[:cut]]) == (26, None, None, None)
+
+
 @pytest.mark.parametrize(
     ("path", "doc", "expected"),
     [
