@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -148,7 +149,10 @@ async def _request_id_hook(request: web.Request, response: web.StreamResponse) -
 
 def build_state(config: GatewayConfig) -> GatewayState:
     backends = tuple(Backend(b, i) for i, b in enumerate(config.backends))
-    metrics = Metrics([b.name for b in backends]) if config.metrics.enabled else None
+    metrics = None
+    if config.metrics.enabled:
+        # Set by `serve --workers N`: every worker writes there and a scrape of any one sums them all.
+        metrics = Metrics([b.name for b in backends], multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
     authenticator = None
     if config.auth is not None:
         authenticator = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None)

@@ -32,7 +32,7 @@ async def metrics(request: web.Request) -> web.Response:
     assert state.metrics is not None
     if state.config.metrics.require_auth and not request.get(PRINCIPAL, ANONYMOUS).admin:
         raise Forbidden("metrics are admin-only (metrics.require_auth)")
-    body, content_type = state.metrics.render()
+    body, content_type = state.metrics.render(request.headers.get("Accept", ""))
     response = web.Response(body=body)
     response.headers["Content-Type"] = content_type
     return response

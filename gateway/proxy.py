@@ -158,15 +158,20 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         )
     rec.model = model
 
-    scan = transform = None
+    transform: UsageStripper | None = None
     if payload is not None:
         changed = False
         if model and model != requested:
             payload[model_key] = model
             changed = True
         streaming_req = payload.get("stream") is True
-        if spec.openai_stream and streaming_req and state.config.metrics.inject_usage and inject_usage(payload):
-            transform = UsageStripper().feed
+        if (
+            spec.openai_stream
+            and streaming_req
+            and state.config.metrics.inject_usage
+            and inject_usage(payload, backend_type=candidates[0].config.type)
+        ):
+            transform = UsageStripper()
             changed = True
         if changed:
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
@@ -222,7 +227,7 @@ async def forward(
     rec: RequestRecord,
     candidates: list[Backend],
     body: bytes | aiohttp.StreamReader | None,
-    transform: Callable[[bytes], bytes] | None,
+    transform: UsageStripper | None,
 ) -> web.StreamResponse:
     assert state.session is not None
     config = state.config

@@ -14,6 +14,7 @@ import os
 import signal
 import ssl
 import sys
+import tempfile
 from contextlib import suppress
 from pathlib import Path
 
@@ -21,6 +22,7 @@ from aiohttp import web
 
 from .app import create_app, reload_credentials
 from .config import ConfigError, GatewayConfig, load_config
+from .metrics import mark_process_dead, prepare_multiprocess_dir
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
@@ -118,6 +120,10 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
     if workers <= 1:
         _run_loop(lambda: serve(config, host, port, config_path=config_path))
         return 0
+    if config.metrics.enabled:
+        metrics_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or tempfile.mkdtemp(prefix="gateway-metrics-")
+        prepare_multiprocess_dir(metrics_dir)
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     children: list[int] = []
     for _ in range(workers):
         pid = os.fork()
@@ -145,6 +151,8 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
         while True:
             try:
                 _, code = os.waitpid(child, 0)
+                if config.metrics.enabled:
+                    mark_process_dead(child, os.environ["PROMETHEUS_MULTIPROC_DIR"])
                 break
             except InterruptedError:
                 continue

@@ -18,6 +18,7 @@ from aiohttp import web
 from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_body
 from .headers import downstream_headers
 from .record import RequestRecord
+from .usage import UsageStripper
 
 __all__ = ["STREAM_TYPES", "Watchdog", "relay"]
 
@@ -77,7 +78,7 @@ async def relay(
     first_byte: float,
     idle: float,
     scan: Callable[[bytes], None] | None = None,
-    transform: Callable[[bytes], bytes] | None = None,
+    transform: UsageStripper | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive."""
     content_type = upstream.headers.get("Content-Type", "")
@@ -112,12 +113,15 @@ async def relay(
             if scan is not None:
                 scan(chunk)
             if transform is not None:
-                chunk = transform(chunk)
+                chunk = transform.feed(chunk)
                 if not chunk:
                     continue
             last = chunk
             rec.bytes_out += len(chunk)
             await response.write(chunk)
+        if transform is not None and (tail := transform.flush()):
+            rec.bytes_out += len(tail)
+            await response.write(tail)
         await response.write_eof()
     except (ConnectionResetError, asyncio.CancelledError):
         rec.status = 499  # the client went away; closing upstream (below) stops the generation
