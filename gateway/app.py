@@ -110,6 +110,10 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
             rec.status = 499
             rec.error = rec.error or "client_closed"
             raise
+        except ConnectionResetError:  # the client left while we wrote to it: nothing to answer
+            rec.status = 499
+            rec.error = rec.error or "client_closed"
+            raise
         except Exception:
             log.exception("unexpected error handling %s %s (request id %s)", request.method, request.path, rid)
             rec.status = 500

@@ -297,6 +297,7 @@ class Authenticator:
 
     async def _verify_slow(self, cred: Credential, tag: bytes, source: str, candidates: Candidates) -> Principal:
         future = self._inflight.get(tag)
+        leader = future is None
         if future is None:  # concurrent requests with the same secret share one check
             if self._pending >= self._max_pending or self._closed or self._pool is None:
                 self._throttled(1, "Too many authentication checks in progress; retry shortly")
@@ -305,11 +306,14 @@ class Authenticator:
             self._pending += 1
             self._inflight[tag] = future
             future.add_done_callback(partial(self._finished, tag))
-        self._budget.take(source)  # reserved now so a burst cannot overdraw; given back on success
+            # One check costs one token, reserved now so a burst cannot overdraw, given back on
+            # success; requests that share the check spend nothing (a valid key's first burst passes).
+            self._budget.take(source)
         principal = await asyncio.shield(future)  # a client that leaves does not free the slot early
         if principal is None:
             self._invalid(cred)
-        self._budget.refund(source)
+        if leader:
+            self._budget.refund(source)
         return principal
 
     def _finished(self, tag: bytes, future: asyncio.Future[Principal | None]) -> None:

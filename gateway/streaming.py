@@ -123,8 +123,11 @@ async def relay(
             rec.bytes_out += len(tail)
             await response.write(tail)
         await response.write_eof()
-    except (ConnectionResetError, asyncio.CancelledError):
-        rec.status = 499  # the client went away; closing upstream (below) stops the generation
+    except ConnectionResetError:  # the client went away; closing upstream (below) stops the generation
+        rec.status = 499
+        rec.error = "client_closed"
+    except asyncio.CancelledError:  # same, noticed by aiohttp while we were waiting (handler_cancellation)
+        rec.status = 499
         rec.error = "client_closed"
         raise
     finally:

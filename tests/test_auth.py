@@ -226,3 +226,17 @@ async def test_credentials_never_logged_nor_forwarded(
         assert secret not in logged
         for seen in backend.requests:
             assert secret not in repr(dict(seen.headers))
+
+
+async def test_a_burst_with_a_valid_uncached_bcrypt_key_all_passes(
+    secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
+    import asyncio
+
+    _, gw = secured
+
+    async def one() -> int:
+        async with http.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {HUMAN_KEY}"}) as resp:
+            return resp.status
+
+    assert await asyncio.gather(*(one() for _ in range(50))) == [200] * 50  # one shared bcrypt check
