@@ -17,19 +17,69 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Literal
+from typing import Any, Literal
 
 from .record import RequestRecord
 
-__all__ = ["AccessLog"]
+__all__ = ["AccessLog", "BufferedLineHandler"]
 
 _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _QUOTE_TRIGGERS = frozenset(' "=\\')
 
 
+_second: list[object] = [-1, ""]  # the last whole second formatted: strftime once a second, not per line
+
+
 def _timestamp(now: float) -> str:
     seconds = int(now)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{int((now - seconds) * 1000):03d}Z"
+    if _second[0] != seconds:
+        _second[0], _second[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{_second[1]}.{int((now - seconds) * 1000):03d}Z"
+
+
+class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes lines in batches instead of one write() syscall per request.
+
+    Lines are flushed when ``max_lines`` are waiting, when one is older than ``max_delay`` seconds
+    at the next line, and by ``flush()`` (the app calls it every second and at shutdown).
+    """
+
+    def __init__(self, stream: Any = None, max_lines: int = 64, max_delay: float = 1.0) -> None:
+        super().__init__(stream)
+        self.max_lines = max_lines
+        self.max_delay = max_delay
+        self._lines: list[str] = []
+        self._since = 0.0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+        except Exception:  # noqa: BLE001 - logging must never raise into the request path
+            self.handleError(record)
+            return
+        self.add_line(line)
+
+    def add_line(self, line: str) -> None:
+        lines = self._lines
+        if not lines:
+            self._since = time.monotonic()
+        lines.append(line)
+        if len(lines) >= self.max_lines or time.monotonic() - self._since >= self.max_delay:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._lines:
+            return
+        text = "\n".join(self._lines) + "\n"
+        self._lines.clear()
+        self.acquire()
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except Exception:  # noqa: BLE001 - a closed stderr must not break the gateway
+            pass
+        finally:
+            self.release()
 
 
 def _value(text: str) -> str:
@@ -62,9 +112,15 @@ class AccessLog:
         self._logger = logger
 
     def log(self, rec: RequestRecord) -> None:
-        if not self._logger.isEnabledFor(logging.INFO):
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
             return
-        self._logger.info("%s", self.format(rec))
+        handlers = logger.handlers
+        # The CLI's setup (one batching handler, no propagation, no filters): skip LogRecord building.
+        if len(handlers) == 1 and not logger.propagate and not logger.filters and type(handlers[0]) is BufferedLineHandler:
+            handlers[0].add_line(self.format(rec))
+            return
+        logger.info("%s", self.format(rec))
 
     def format(self, rec: RequestRecord, now: float | None = None) -> str:
         """The line for ``rec`` (``now``: wall-clock time to print, default the current time)."""

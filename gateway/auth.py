@@ -285,7 +285,7 @@ class Authenticator:
     def _tag(self, cred: Credential, secret: bytes) -> bytes:
         user = _utf8(cred.username)
         message = b"%s\0%d\0%s\0%s" % (cred.kind.encode(), len(user), user, secret)
-        return hmac.digest(self._tag_key, message, "sha256")
+        return hashlib.blake2b(message, key=self._tag_key, digest_size=32).digest()  # a keyed MAC, one C call
 
     def _candidates(self, cred: Credential) -> Candidates:
         if cred.kind == "key":

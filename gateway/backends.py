@@ -51,6 +51,7 @@ class Backend:
     models: dict[str, DiscoveredModel] = field(default_factory=dict)  # lookup key -> model
     running: list[Mapping[str, Any]] = field(default_factory=list)  # Ollama /api/ps entries
     discovered: bool = False
+    models_version: int = 0
     _ok_streak: int = 0
     _fail_streak: int = 0
     _slots: asyncio.Semaphore | None = None
@@ -80,7 +81,10 @@ class Backend:
         return ollama_canonical(model) if self.is_ollama else model
 
     def set_models(self, models: list[DiscoveredModel]) -> None:
-        self.models = {self.lookup_key(m.name): m for m in models}
+        fresh = {self.lookup_key(m.name): m for m in models}
+        if fresh.keys() != self.models.keys():
+            self.models_version += 1  # invalidates the router's cache
+        self.models = fresh
         self.discovered = True
 
     def record_probe(self, ok: bool) -> bool:

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 
 from . import __version__
+from .accesslog import BufferedLineHandler
 from .config import ConfigError, GatewayConfig, find_config_file, load_config
 
 __all__ = ["main"]
@@ -67,7 +68,7 @@ def _setup_logging(config: GatewayConfig) -> None:
     )
     # The access log prints its own complete lines (text or JSON): no prefix.
     access = logging.getLogger("gateway.access")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BufferedLineHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("%(message)s"))
     access.addHandler(handler)
     access.propagate = False

@@ -39,7 +39,14 @@ from .errors import Forbidden
 from .metrics import Metrics
 from .state import PRINCIPAL, STATE, GatewayState
 
-__all__ = ["DASHBOARD_PATH", "DATA_PATH", "SNAPSHOT_MAX_AGE", "add_dashboard_routes", "content_security_policy"]
+__all__ = [
+    "DASHBOARD_PATH",
+    "DATA_PATH",
+    "SNAPSHOT_MAX_AGE",
+    "add_dashboard_routes",
+    "build_data",
+    "content_security_policy",
+]
 
 DASHBOARD_PATH = "/dashboard"
 DATA_PATH = "/dashboard/data"

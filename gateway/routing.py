@@ -18,6 +18,8 @@ from .backends import Backend, ollama_canonical
 
 __all__ = ["Route", "Router", "glob_matches"]
 
+MAX_CACHED_ROUTES = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Route:
@@ -44,11 +46,26 @@ class Router:
         for alias, target in aliases.items():
             self.aliases.setdefault(ollama_canonical(alias), target)
         self._turn = itertools.count()
+        self._cache: dict[str, Route] = {}
+        self._version = -1
 
     def resolve(self, requested: str) -> Route | None:
+        """The route for a name; found routes are cached until a backend's model list changes."""
+        version = sum(b.models_version for b in self.backends)
+        if version != self._version:
+            self._cache.clear()
+            self._version = version
+        route = self._cache.get(requested)
+        if route is not None:
+            return route
         model = self.aliases.get(requested, requested)
         serving = tuple(b for b in self.backends if self.serves(b, model))
-        return Route(requested, model, serving) if serving else None
+        if not serving:
+            return None  # misses are not cached: random names must not fill memory
+        route = Route(requested, model, serving)
+        if len(self._cache) < MAX_CACHED_ROUTES:
+            self._cache[requested] = route
+        return route
 
     @staticmethod
     def serves(backend: Backend, model: str) -> bool:

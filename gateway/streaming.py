@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -20,9 +21,10 @@ from .headers import downstream_headers
 from .record import RequestRecord
 from .usage import UsageStripper
 
-__all__ = ["STREAM_TYPES", "Watchdog", "relay"]
+__all__ = ["SMALL_BODY", "STREAM_TYPES", "Watchdog", "relay"]
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
+SMALL_BODY = 256 * 1024  # non-streamed bodies up to this size are read whole and sent in one write
 
 
 class Watchdog:
@@ -83,16 +85,18 @@ async def relay(
     """Copy status, filtered headers and body bytes to the client as they arrive."""
     content_type = upstream.headers.get("Content-Type", "")
     streamed = content_type.startswith(STREAM_TYPES)
-    response = web.StreamResponse(
-        status=upstream.status, reason=upstream.reason, headers=downstream_headers(upstream.headers, streamed=streamed)
-    )
-    if not streamed and transform is None and upstream.content_length is not None:
-        response.content_length = upstream.content_length  # exact, undecoded bytes: keep the length
+    headers = downstream_headers(upstream.headers, streamed=streamed)
     rec.streamed = streamed
     rec.status = upstream.status
     loop = asyncio.get_running_loop()
     content = upstream.content
     watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
+    length = upstream.content_length
+    if not streamed and transform is None and length is not None and length <= SMALL_BODY:
+        return await _whole(upstream, rec, headers, watchdog, scan)
+    response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+    if not streamed and transform is None and length is not None:
+        response.content_length = length  # exact, undecoded bytes: keep the length
     last = b""
     try:
         await response.prepare(request)
@@ -135,6 +139,33 @@ async def relay(
         upstream.close()
         rec.end = loop.time()
     return response
+
+
+async def _whole(
+    upstream: aiohttp.ClientResponse,
+    rec: RequestRecord,
+    headers: Any,
+    watchdog: Watchdog,
+    scan: Callable[[bytes], None] | None,
+) -> web.Response:
+    """A small, complete (Content-Length) body: one read, one write. Nothing is sent before it is
+    all here, so a backend failure can still become a proper 502/504 in the endpoint's dialect."""
+    try:
+        body = await upstream.content.read()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        if watchdog.fired:
+            rec.error = "timeout"
+            raise GatewayTimeout("the backend stopped sending in the middle of the response") from None
+        rec.error = "protocol" if isinstance(exc, aiohttp.ClientPayloadError) else "reset"
+        raise BadGateway("the backend closed the connection in the middle of the response") from None
+    finally:
+        watchdog.cancel()
+        upstream.close()  # a no-op after a complete body: the connection went back to the pool
+        rec.end = rec.first_byte = asyncio.get_running_loop().time()
+    if scan is not None:
+        scan(body)
+    rec.bytes_out = len(body)
+    return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 
 
 async def _abort(

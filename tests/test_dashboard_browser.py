@@ -21,7 +21,7 @@ import random
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
@@ -33,6 +33,9 @@ from .browser import browser_page
 from .conftest import GatewayFactory, RunningGateway
 from .fakes import FakeBackend
 from .test_dashboard import ADMIN_KEY, USER_KEY, sha256_entry, wire_dashboard
+
+if TYPE_CHECKING:
+    from playwright.async_api import Page
 
 WEBUI_KEY = "sk-dash-webui"
 BAD_KEY = "sk-dash-wrong"
@@ -67,6 +70,18 @@ class SlowBackend(FakeBackend):
             await asyncio.sleep(self.per_token)
         await response.write_eof()
         return response
+
+
+async def wait_until(page: Page, predicate: str, arg: Any = None, seconds: float = WAIT_MS / 1000) -> None:
+    """Poll a JS function of the page until it returns true (bounded).
+
+    Not ``page.wait_for_function``: it evaluates string predicates with ``eval`` inside the page,
+    which the dashboard's CSP forbids (no 'unsafe-eval'); ``page.evaluate`` goes through the
+    DevTools protocol, which CSP does not govern.
+    """
+    async with asyncio.timeout(seconds):
+        while not await page.evaluate(predicate, arg):
+            await asyncio.sleep(0.1)
 
 
 def closed_port() -> int:
@@ -158,21 +173,18 @@ async def test_dashboard_under_load(lab: RunningGateway) -> None:
         await page.wait_for_selector("#auth.shown", timeout=WAIT_MS)
         await page.fill("#auth-key", USER_KEY)
         await page.click("#auth button[type=submit]")
-        await page.wait_for_function(
-            "document.querySelector('#auth-message').textContent.includes('not admin')", timeout=WAIT_MS
-        )
+        await wait_until(page, "() => document.querySelector('#auth-message').textContent.includes('not admin')")
         await page.fill("#auth-key", ADMIN_KEY)
         await page.click("#auth button[type=submit]")
         await page.wait_for_selector("#auth:not(.shown)", state="attached", timeout=WAIT_MS)
 
         load = asyncio.create_task(run_load(lab.url, total, seconds))
         try:
-            await page.wait_for_function(
+            await wait_until(
+                page,
                 """names => names.every(n => document.querySelector(`#backends tr[data-backend="${n}"]`))
                    && parseFloat(document.querySelector('#total-rps').textContent) > 0""",
-                arg=["desktop", "gpu-box", "laptop"],
-                timeout=WAIT_MS,
-                polling=200,
+                ["desktop", "gpu-box", "laptop"],
             )
             cells = await page.eval_on_selector_all(
                 "#backends tbody tr", "rows => rows.map(r => [r.dataset.backend, r.cells[0].textContent])"
@@ -188,9 +200,7 @@ async def test_dashboard_under_load(lab: RunningGateway) -> None:
             statuses = await load
         finally:
             load.cancel()
-        await page.wait_for_function(
-            "document.querySelector('#clients tr[data-client=\"alice\"]') !== null", timeout=WAIT_MS
-        )
+        await page.wait_for_selector('#clients tr[data-client="alice"]', state="attached", timeout=WAIT_MS)
     assert {200, 401, 404, 500} <= set(statuses)  # the load had each kind of answer the page counts
     assert not [p for p in problems if "401" not in p and "403" not in p], problems  # no CSP violation, no JS error
 
