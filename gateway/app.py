@@ -102,14 +102,16 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
             response = await handler(request)
             if not rec.status:
                 rec.status = response.status
+            if not response.prepared:  # streamed relays set it themselves before their head went out
+                response.headers["X-Request-Id"] = rid
             return response
         except GatewayError as err:
             rec.status = err.status
-            return error_response(request.path, err)
+            return error_response(request.path, err, rid)
         except web.HTTPException as exc:
             err = _aiohttp_error(exc)
             rec.status = err.status
-            return error_response(request.path, err)
+            return error_response(request.path, err, rid)
         except asyncio.CancelledError:
             rec.status = 499
             rec.error = rec.error or "client_closed"
@@ -121,7 +123,7 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
         except Exception:
             log.exception("unexpected error handling %s %s (request id %s)", request.method, request.path, rid)
             rec.status = 500
-            return error_response(request.path, GatewayError(f"internal gateway error (request id {rid})"))
+            return error_response(request.path, GatewayError(f"internal gateway error (request id {rid})"), rid)
         finally:
             if rec.end is None:
                 rec.end = loop.time()
@@ -147,12 +149,6 @@ def make_auth_middleware(state: GatewayState) -> Callable[[web.Request, Handler]
         return await handler(request)
 
     return auth
-
-
-async def _request_id_hook(request: web.Request, response: web.StreamResponse) -> None:
-    rec = request.get(RECORD)
-    if rec is not None:
-        response.headers["X-Request-Id"] = rec.request_id
 
 
 def build_state(config: GatewayConfig) -> GatewayState:
@@ -250,8 +246,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         ],
     )
     app[STATE] = state
-    app.on_response_prepare.append(_request_id_hook)
-    app.on_response_prepare.append(make_cors_prepare_hook(state.cors))
+    if state.cors.enabled:  # without CORS, backend CORS headers are already dropped by headers.py
+        app.on_response_prepare.append(make_cors_prepare_hook(state.cors))
     app.cleanup_ctx.append(_lifecycle)
     add_proxy_routes(app)
     add_listing_routes(app)

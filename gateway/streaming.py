@@ -86,6 +86,7 @@ async def relay(
     content_type = upstream.headers.get("Content-Type", "")
     streamed = content_type.startswith(STREAM_TYPES)
     headers = downstream_headers(upstream.headers, streamed=streamed)
+    headers["X-Request-Id"] = rec.request_id
     rec.streamed = streamed
     rec.status = upstream.status
     loop = asyncio.get_running_loop()
