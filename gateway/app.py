@@ -78,6 +78,8 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
     allowed_hosts = frozenset(config.server.allowed_hosts)
     # Probes and scrapers address the gateway by pod/container IP: never make them guess a name.
     probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
+    # Probes, scrapes and the dashboard's polling are not traffic: keep them out of metrics and the access log.
+    quiet_paths = probe_paths | {DASHBOARD_PATH, f"{DASHBOARD_PATH}/data"}
     metrics = state.metrics
     access_log = state.access_log
     id_prefix = secrets.token_hex(8)
@@ -127,9 +129,10 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
         finally:
             if rec.end is None:
                 rec.end = loop.time()
-            if metrics is not None:
-                metrics.record(rec)
-            access_log.log(rec)
+            if request.path not in quiet_paths:
+                if metrics is not None:
+                    metrics.record(rec)
+                access_log.log(rec)
 
     return entry
 
