@@ -117,9 +117,11 @@ class AccessLog:
             return
         handlers = logger.handlers
         # The CLI's setup (one batching handler, no propagation, no filters): skip LogRecord building.
-        if len(handlers) == 1 and not logger.propagate and not logger.filters and type(handlers[0]) is BufferedLineHandler:
-            handlers[0].add_line(self.format(rec))
-            return
+        if len(handlers) == 1 and not logger.propagate and not logger.filters:
+            handler = handlers[0]
+            if isinstance(handler, BufferedLineHandler) and not handler.filters:
+                handler.add_line(self.format(rec))
+                return
         logger.info("%s", self.format(rec))
 
     def format(self, rec: RequestRecord, now: float | None = None) -> str:

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from .accesslog import AccessLog
 from .auth import Authenticator
@@ -53,7 +54,13 @@ _REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 def public_paths(config: GatewayConfig) -> frozenset[str]:
     """Paths that never need credentials (Ollama's heartbeat, probes, and metrics unless restricted)."""
-    paths = {"/", "/healthz", "/readyz", "/api/version", DASHBOARD_PATH}  # the page holds no data; its JSON is admin-only
+    paths = {
+        "/",
+        "/healthz",
+        "/readyz",
+        "/api/version",
+        DASHBOARD_PATH,
+    }  # the page holds no data; its JSON is admin-only
     if config.metrics.enabled and not config.metrics.require_auth:
         paths.add(config.metrics.path)
     return frozenset(paths)
@@ -72,7 +79,7 @@ def _aiohttp_error(exc: web.HTTPException) -> GatewayError:
     return err
 
 
-def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_entry_middleware(state: GatewayState) -> Middleware:
     config = state.config
     trusted = config.server.trusted_proxies
     allowed_hosts = frozenset(config.server.allowed_hosts)
@@ -111,9 +118,9 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
             rec.status = err.status
             return error_response(request.path, err, rid)
         except web.HTTPException as exc:
-            err = _aiohttp_error(exc)
-            rec.status = err.status
-            return error_response(request.path, err, rid)
+            converted = _aiohttp_error(exc)
+            rec.status = converted.status
+            return error_response(request.path, converted, rid)
         except asyncio.CancelledError:
             rec.status = 499
             rec.error = rec.error or "client_closed"
@@ -137,7 +144,7 @@ def make_entry_middleware(state: GatewayState) -> Callable[[web.Request, Handler
     return entry
 
 
-def make_auth_middleware(state: GatewayState) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def make_auth_middleware(state: GatewayState) -> Middleware:
     public = public_paths(state.config)
 
     @web.middleware
@@ -159,7 +166,9 @@ def build_state(config: GatewayConfig) -> GatewayState:
     metrics = None
     if config.metrics.enabled:
         # Set by `serve --workers N`: every worker writes there and a scrape of any one sums them all.
-        metrics = Metrics([b.name for b in backends], multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None)
+        metrics = Metrics(
+            [b.name for b in backends], multiprocess_dir=os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
+        )
     authenticator = None
     if config.auth is not None:
         authenticator = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None)

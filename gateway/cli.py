@@ -87,8 +87,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     warnings = config_warnings(config.auth) if config.auth else []
     for line in warnings:
         print(f"warning: {line}", file=sys.stderr)
-    auth = "no auth (loopback only)" if config.auth is None else (
-        f"{len(config.auth.api_keys)} api key(s), {len(config.auth.basic_users)} basic user(s)"
+    auth = (
+        "no auth (loopback only)"
+        if config.auth is None
+        else (f"{len(config.auth.api_keys)} api key(s), {len(config.auth.basic_users)} basic user(s)")
     )
     print(
         f"ok: {config.source}: {len(config.backends)} backend(s) ({', '.join(b.name for b in config.backends)}), "

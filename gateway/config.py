@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, cast
 
 import yaml
 from yarl import URL
@@ -48,6 +48,8 @@ BackendType = Literal["ollama", "vllm", "lmstudio", "openai"]
 BACKEND_TYPES: tuple[str, ...] = ("ollama", "vllm", "lmstudio", "openai")
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 MiB = 1024 * 1024
+NO_STRINGS: tuple[str, ...] = ()
+ALL_MODELS: tuple[str, ...] = ("*",)
 
 
 class ConfigError(Exception):
@@ -362,9 +364,9 @@ def _parse_server(s: _Section) -> ServerConfig:
     max_body = s.get("max_body_size", parse_size, d.max_body_size, "a size such as 50MiB")
     if max_body < 1024:
         s.error("max_body_size", f"expected at least 1KiB, got {max_body} bytes")
-    allowed_hosts = s.get("allowed_hosts", _str_list, (), "a list of host names")
+    allowed_hosts = s.get("allowed_hosts", _str_list, NO_STRINGS, "a list of host names")
     proxies: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
-    for i, cidr in enumerate(s.get("trusted_proxies", _str_list, (), "a list of CIDRs such as 10.0.0.0/8")):
+    for i, cidr in enumerate(s.get("trusted_proxies", _str_list, NO_STRINGS, "a list of CIDRs such as 10.0.0.0/8")):
         try:
             proxies.append(ipaddress.ip_network(cidr, strict=False))
         except ValueError:
@@ -415,7 +417,10 @@ def _parse_backend(s: _Section, index: int) -> BackendConfig | None:
     if "url" not in s.data:
         s.error("url", "is required (e.g. http://127.0.0.1:11434)")
     elif url is not None and url.path.rstrip("/").endswith("/v1"):
-        s.error("url", f"expected the base URL without /v1, got '{url}' (use '{url.with_path(url.path.rstrip('/')[:-3] or '/')}')")
+        s.error(
+            "url",
+            f"expected the base URL without /v1, got '{url}' (use '{url.with_path(url.path.rstrip('/')[:-3] or '/')}')",
+        )
     backend_type = s.get("type", _choice(*BACKEND_TYPES), "ollama", "one of " + ", ".join(BACKEND_TYPES))
     models = s.get("models", _str_list, None, "a list of model names or globs")
     api_key = s.get("api_key", _optional_str, None, "a string")
@@ -441,7 +446,9 @@ def _parse_backend(s: _Section, index: int) -> BackendConfig | None:
     s.finish()
     if not name or url is None:
         return None
-    return BackendConfig(name, url, backend_type, models, api_key, timeouts, max_conc, weight, health)
+    return BackendConfig(
+        name, url, cast(BackendType, backend_type), models, api_key, timeouts, max_conc, weight, health
+    )
 
 
 def _positive_number(value: object) -> float:
@@ -467,7 +474,7 @@ def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, Ra
         s.error("name", "is required")
     elif not _NAME_RE.match(name):
         s.error("name", f"expected letters, digits, '_', '.', '@', '-' (at most 64), got {name!r}")
-    models = s.get("models", _str_list, ("*",), "a list of model names or globs")
+    models = s.get("models", _str_list, ALL_MODELS, "a list of model names or globs")
     admin = s.get("admin", _bool, False, "true or false")
     limits = _parse_limits(s.section("limits")) if s.data.get("limits") is not None else None
     s.seen.add("limits")
@@ -481,7 +488,10 @@ def _hash(value: object) -> str:
     raise ValueError
 
 
-_HASH_EXPECTED = "'sha256:<64 hex digits>' or a bcrypt hash '$2b$12$...' (make one with `gateway new-key` or `gateway hash-password`)"
+_HASH_EXPECTED = (
+    "'sha256:<64 hex digits>' or a bcrypt hash '$2b$12$...' "
+    "(make one with `gateway new-key` or `gateway hash-password`)"
+)
 
 
 def _parse_auth(s: _Section) -> AuthConfig:
@@ -501,7 +511,9 @@ def _parse_auth(s: _Section) -> AuthConfig:
         if "password_hash" not in u.data:
             u.error("password_hash", "is required: a bcrypt hash (make one with `gateway hash-password`)")
         elif hashed.startswith("sha256:"):
-            u.error("password_hash", "expected a bcrypt hash: passwords are chosen by people, sha256 is too fast for them")
+            u.error(
+                "password_hash", "expected a bcrypt hash: passwords are chosen by people, sha256 is too fast for them"
+            )
         u.finish()
         if name and hashed:
             users.append(BasicUserConfig(name, hashed, models, admin, limits))
@@ -521,15 +533,22 @@ def _origin(value: object) -> str:
 def _parse_cors(s: _Section) -> CorsConfig:
     d = CorsConfig()
     origins: list[str] = []
-    raw = s.get("allow_origins", _str_list, (), "a list of origins such as http://localhost:3000")
+    raw = s.get("allow_origins", _str_list, NO_STRINGS, "a list of origins such as http://localhost:3000")
     for i, origin in enumerate(raw):
         try:
             origins.append(_origin(origin))
         except ValueError:
-            s.error(f"allow_origins[{i}]", f"expected '*' or an origin such as https://app.example.com, https://*.example.com, http://localhost:* or chrome-extension://<id>, got {origin!r}")
+            s.error(
+                f"allow_origins[{i}]",
+                "expected '*' or an origin such as https://app.example.com, https://*.example.com, "
+                f"http://localhost:* or chrome-extension://<id>, got {origin!r}",
+            )
     credentials = s.get("allow_credentials", _bool, d.allow_credentials, "true or false")
     if credentials and "*" in origins:
-        s.error("allow_credentials", "cannot be true when allow_origins contains '*': browsers reject it; list the origins instead")
+        s.error(
+            "allow_credentials",
+            "cannot be true when allow_origins contains '*': browsers reject it; list the origins instead",
+        )
     cors = CorsConfig(
         allow_origins=tuple(origins),
         allow_credentials=credentials,
@@ -543,7 +562,11 @@ def _parse_cors(s: _Section) -> CorsConfig:
 def _parse_metrics(s: _Section) -> MetricsConfig:
     d = MetricsConfig()
     path = s.get("path", _str, d.path, "a path such as /metrics")
-    if not path.startswith("/") or path.startswith(("/v1/", "/api/")) or path in ("/", "/healthz", "/readyz", "/dashboard"):
+    if (
+        not path.startswith("/")
+        or path.startswith(("/v1/", "/api/"))
+        or path in ("/", "/healthz", "/readyz", "/dashboard")
+    ):
         s.error("path", f"expected a free path such as /metrics, got {path!r}")
     metrics = MetricsConfig(
         enabled=s.get("enabled", _bool, d.enabled, "true or false"),
@@ -649,7 +672,9 @@ def _expand_env(value: object, path: str, env: Mapping[str, str], errors: list[s
                 return env[name]
             if default is not None:
                 return default
-            errors.append(f"{path or '<root>'}: environment variable {name} is not set (use ${{{name}:-default}} for a default)")
+            errors.append(
+                f"{path or '<root>'}: environment variable {name} is not set (use ${{{name}:-default}} for a default)"
+            )
             return ""
 
         return _ENV_RE.sub(replace, value)

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -123,7 +124,7 @@ class Discovery:
         self._tasks.append(asyncio.create_task(self._every(self.interval, lambda: self.refresh(force=True))))
         for backend in self.backends:
             self._tasks.append(
-                asyncio.create_task(self._every(backend.config.health_check.interval, lambda b=backend: self.probe(b)))
+                asyncio.create_task(self._every(backend.config.health_check.interval, partial(self.probe, backend)))
             )
 
     async def stop(self) -> None:

@@ -126,7 +126,7 @@ async def list_running(request: web.Request) -> web.Response:
 
     merged = []
     seen = set()
-    for backend, models in zip(ollamas, await asyncio.gather(*(running(b) for b in ollamas)), strict=True):
+    for models in await asyncio.gather(*(running(b) for b in ollamas)):
         for entry in models:
             name = entry.get("name") if isinstance(entry, Mapping) else None
             if isinstance(name, str) and name not in seen and model_allowed(principal.models, name):

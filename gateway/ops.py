@@ -24,7 +24,9 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     backends = {b.name: "up" if b.up else "down" for b in state.backends}
     ready = any(b.up for b in state.backends)
-    return web.json_response({"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503)
+    return web.json_response(
+        {"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503
+    )
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -277,11 +277,9 @@ async def forward(
                     metrics.upstream_error(backend.name, "status")
                 continue
             rec.error = ""
-            scan = None
+            scanner = None
             if metrics is not None:
                 scanner = make_scanner(spec.path, upstream.headers.get("Content-Type", ""))
-                if scanner is not None:
-                    scan = scanner.feed
             try:
                 return await relay(
                     request,
@@ -290,11 +288,11 @@ async def forward(
                     dialect=dialect,
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
-                    scan=scan,
+                    scan=scanner.feed if scanner is not None else None,
                     transform=transform,
                 )
             finally:
-                if scan is not None:
+                if scanner is not None:
                     scanner.finish(rec)
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
@@ -352,4 +350,3 @@ async def open_upstream(
     except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
         rec.error = "reset"
         raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
-

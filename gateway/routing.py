@@ -30,7 +30,7 @@ class Route:
 
 def glob_matches(globs: Sequence[str], name: str, ollama: bool) -> bool:
     """Whether ``name`` matches one of ``globs``; for Ollama, with and without ``:latest``."""
-    names = (name,)
+    names: tuple[str, ...] = (name,)
     if ollama:
         canonical = ollama_canonical(name)
         bare = canonical.removesuffix(":latest")

@@ -91,7 +91,9 @@ async def serve(
     await site.start()
     scheme = "https" if config.server.tls else "http"
     backends = ", ".join(f"{b.name}={b.url}" for b in config.backends)
-    log.info("local-llm-gateway listening on %s://%s:%d (pid %d), backends: %s", scheme, host, port, os.getpid(), backends)
+    log.info(
+        "local-llm-gateway listening on %s://%s:%d (pid %d), backends: %s", scheme, host, port, os.getpid(), backends
+    )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -145,7 +147,13 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGHUP, lambda sig, frame: [os.kill(c, signal.SIGHUP) for c in children])
+
+    def reload_all(sig: int, _frame: object) -> None:
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGHUP)
+
+    signal.signal(signal.SIGHUP, reload_all)
     status = 0
     for child in children:
         while True:

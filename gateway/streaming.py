@@ -37,7 +37,12 @@ class Watchdog:
     __slots__ = ("_handle", "_loop", "content", "fired", "first_byte", "got_first", "idle", "last")
 
     def __init__(
-        self, loop: asyncio.AbstractEventLoop, content: aiohttp.StreamReader, start: float, first_byte: float, idle: float
+        self,
+        loop: asyncio.AbstractEventLoop,
+        content: aiohttp.StreamReader,
+        start: float,
+        first_byte: float,
+        idle: float,
     ) -> None:
         self._loop = loop
         self.content = content
@@ -105,7 +110,15 @@ async def relay(
             try:
                 chunk = await content.readany()
             except (aiohttp.ClientError, TimeoutError) as exc:
-                await _abort(request, response, rec, exc, watchdog.fired, dialect, streamed and _at_boundary(last, "event-stream" in content_type))
+                await _abort(
+                    request,
+                    response,
+                    rec,
+                    exc,
+                    watchdog.fired,
+                    dialect,
+                    streamed and _at_boundary(last, "event-stream" in content_type),
+                )
                 return response
             if not chunk:
                 break

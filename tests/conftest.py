@@ -98,7 +98,9 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def single(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> tuple[FakeBackend, RunningGateway]:
+async def single(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> tuple[FakeBackend, RunningGateway]:
     """One Ollama-type fake backend behind a gateway with no auth."""
     backend = await backend_factory("desktop", models=["llama3.2:latest", "qwen2.5:7b", "hf.co/org/repo:Q4_K_M"])
     gw = await gateway_factory({"backends": [backend_entry(backend)]})

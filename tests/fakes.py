@@ -120,7 +120,9 @@ class FakeBackend:
                 self.closed.set()
                 raise
         if self.status is not None:
-            return web.json_response(self.status_body or {"error": "fake failure"}, status=self.status, headers=self._headers())
+            return web.json_response(
+                self.status_body or {"error": "fake failure"}, status=self.status, headers=self._headers()
+            )
         return None
 
     async def _stream(self, request: web.Request, content_type: str, pieces: list[bytes]) -> web.StreamResponse:
@@ -195,13 +197,24 @@ class FakeBackend:
                 if chat
                 else {"index": 0, "text": text, "finish_reason": "stop"}
             )
-            doc = {**base, "object": "chat.completion" if chat else "text_completion", "choices": [choice], "usage": usage}
+            doc = {
+                **base,
+                "object": "chat.completion" if chat else "text_completion",
+                "choices": [choice],
+                "usage": usage,
+            }
             return web.json_response(doc, headers=self._headers())
         pieces = []
         for text in self.chunks:
-            choice = {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else {"index": 0, "text": text}
+            choice = (
+                {"index": 0, "delta": {"content": text}, "finish_reason": None} if chat else {"index": 0, "text": text}
+            )
             pieces.append(b"data: " + json.dumps({**base, "choices": [choice]}).encode() + b"\n\n")
-        finish = {"index": 0, "delta": {}, "finish_reason": "stop"} if chat else {"index": 0, "text": "", "finish_reason": "stop"}
+        finish = (
+            {"index": 0, "delta": {}, "finish_reason": "stop"}
+            if chat
+            else {"index": 0, "text": "", "finish_reason": "stop"}
+        )
         pieces.append(b"data: " + json.dumps({**base, "choices": [finish]}).encode() + b"\n\n")
         if (payload.get("stream_options") or {}).get("include_usage"):
             pieces.append(b"data: " + json.dumps({**base, "choices": [], "usage": usage}).encode() + b"\n\n")

@@ -40,12 +40,16 @@ def auth_section() -> dict[str, Any]:
             {"name": "webui", "hash": bc(HUMAN_KEY)},
             {"name": "scoped", "hash": sha(SCOPED_KEY), "models": ["qwen*"]},
         ],
-        "basic_users": [{"name": "alice", "password_hash": bc(ALICE_PASSWORD), "models": ["llama3.2:*"], "admin": True}],
+        "basic_users": [
+            {"name": "alice", "password_hash": bc(ALICE_PASSWORD), "models": ["llama3.2:*"], "admin": True}
+        ],
     }
 
 
 @pytest.fixture
-async def secured(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> tuple[FakeBackend, RunningGateway]:
+async def secured(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> tuple[FakeBackend, RunningGateway]:
     backend = await backend_factory("desktop", models=["llama3.2:latest", "qwen2.5:7b"])
     gw = await gateway_factory(
         {
@@ -97,7 +101,9 @@ async def test_ollama_client_with_headers_and_basic_url(secured: tuple[FakeBacke
     assert caught.value.status_code == 401 and "Authorization: Bearer" in caught.value.error
 
 
-async def test_raw_paths_none_bad_good(secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession) -> None:
+async def test_raw_paths_none_bad_good(
+    secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
     backend, gw = secured
     body = {"model": "llama3.2", "stream": False}
     async with http.post(f"{gw.url}/api/generate", json=body) as resp:
@@ -112,14 +118,18 @@ async def test_raw_paths_none_bad_good(secured: tuple[FakeBackend, RunningGatewa
         assert resp.status == 200
     async with http.post(f"{gw.url}/api/generate", json=body, headers={"Authorization": basic("alice", "bad")}) as resp:
         assert resp.status == 401
-    async with http.post(f"{gw.url}/api/generate", json=body, headers={"Authorization": basic("alice", ALICE_PASSWORD)}) as resp:
+    async with http.post(
+        f"{gw.url}/api/generate", json=body, headers={"Authorization": basic("alice", ALICE_PASSWORD)}
+    ) as resp:
         assert resp.status == 200
     assert len(backend.requests) == 2
     for reason in ("missing", "invalid", "malformed"):
         assert gw.sample("gateway_auth_failures_total", reason=reason) >= 1
 
 
-async def test_public_endpoints_need_no_credentials(secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession) -> None:
+async def test_public_endpoints_need_no_credentials(
+    secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
     _, gw = secured
     for path in ("/", "/healthz", "/readyz", "/api/version", "/metrics"):
         async with http.get(f"{gw.url}{path}") as resp:
@@ -129,7 +139,9 @@ async def test_public_endpoints_need_no_credentials(secured: tuple[FakeBackend, 
             assert resp.status == 401, path  # no path probing without credentials
 
 
-async def test_preflight_needs_no_credentials(secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession) -> None:
+async def test_preflight_needs_no_credentials(
+    secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
     backend, gw = secured
     headers = {"Origin": "http://localhost:3000", "Access-Control-Request-Method": "POST",
                "Access-Control-Request-Headers": "authorization, content-type, x-stainless-os"}  # fmt: skip
@@ -159,13 +171,18 @@ async def test_model_scope_is_enforced_and_listings_filtered(
     assert [r.json["model"] for r in backend.requests] == ["qwen2.5:7b", "qwen2.5:7b"]
 
 
-async def test_admin_endpoints_are_admin_only(secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession) -> None:
+async def test_admin_endpoints_are_admin_only(
+    secured: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
     backend, gw = secured
-    for path, method, body in [("/api/pull", "POST", {"model": "phi4"}), ("/api/delete", "DELETE", {"model": "qwen2.5:7b"}),
+    for path, method, body in [("/api/pull", "POST", {"model": "phi4"}),
+                               ("/api/delete", "DELETE", {"model": "qwen2.5:7b"}),
                                ("/api/copy", "POST", {"source": "qwen2.5:7b", "destination": "q"}),
                                ("/api/create", "POST", {"model": "mine", "from": "qwen2.5:7b"}),
                                ("/api/push", "POST", {"model": "qwen2.5:7b"})]:  # fmt: skip
-        async with http.request(method, f"{gw.url}{path}", json=body, headers={"Authorization": f"Bearer {SHA_KEY}"}) as resp:
+        async with http.request(
+            method, f"{gw.url}{path}", json=body, headers={"Authorization": f"Bearer {SHA_KEY}"}
+        ) as resp:
             assert resp.status == 403, path
             assert "admin endpoint" in (await resp.json())["error"]
     async with http.post(f"{gw.url}/api/blobs/sha256:abc", data=b"\x00\x01", headers={"x-api-key": SHA_KEY}) as resp:
@@ -188,7 +205,9 @@ async def test_revoked_after_reload(secured: tuple[FakeBackend, RunningGateway],
         assert resp.status == 200  # now cached as verified
     section = auth_section()
     section["api_keys"] = [k for k in section["api_keys"] if k["name"] != "webui"]
-    reload_credentials(gw.app, parse_config({"backends": [{"name": "d", "url": "http://127.0.0.1:9"}], "auth": section}))
+    reload_credentials(
+        gw.app, parse_config({"backends": [{"name": "d", "url": "http://127.0.0.1:9"}], "auth": section})
+    )
     async with http.get(f"{gw.url}/v1/models", headers=headers) as resp:
         assert resp.status == 401
     async with http.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {SHA_KEY}"}) as resp:
@@ -216,8 +235,10 @@ async def test_credentials_never_logged_nor_forwarded(
     backend, gw = secured
     caplog.set_level(logging.DEBUG)
     secrets = [SHA_KEY, HUMAN_KEY, ALICE_PASSWORD, base64.b64encode(f"alice:{ALICE_PASSWORD}".encode()).decode()]
-    for headers in ({"Authorization": f"Bearer {SHA_KEY}"}, {"x-api-key": HUMAN_KEY},
-                    {"Authorization": basic("alice", ALICE_PASSWORD)}, {"Authorization": basic("alice", "nope")}):  # fmt: skip
+    attempts = [{"Authorization": f"Bearer {SHA_KEY}"}, {"x-api-key": HUMAN_KEY},
+                {"Authorization": basic("alice", ALICE_PASSWORD)},
+                {"Authorization": basic("alice", "nope")}]  # fmt: skip
+    for headers in attempts:
         async with http.post(f"{gw.url}/api/generate", json={"model": "llama3.2"}, headers=headers) as resp:
             await resp.read()
     logged = caplog.text

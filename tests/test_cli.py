@@ -30,7 +30,11 @@ def test_check_ok_prints_a_summary(capsys: pytest.CaptureFixture[str]) -> None:
 
 def test_check_prints_every_error_and_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({"server": {"port": "x"}, "backends": [{"name": "a", "url": "ftp://x"}], "cors": {"max_age": "y"}}))
+    bad.write_text(
+        yaml.safe_dump(
+            {"server": {"port": "x"}, "backends": [{"name": "a", "url": "ftp://x"}], "cors": {"max_age": "y"}}
+        )
+    )
     assert main(["check", "-c", str(bad)]) == 2
     err = capsys.readouterr().err
     assert "error: server.port: expected a port number 0-65535, got 'x'" in err

@@ -85,7 +85,9 @@ def test_every_error_names_its_key_path() -> None:
 
 def test_missing_env_var_is_an_error_naming_the_key() -> None:
     errors = errors_of({"backends": [{"name": "gpu", "url": "http://x:1", "api_key": "${VLLM_API_KEY}"}]})
-    assert errors == ["backends[0].api_key: environment variable VLLM_API_KEY is not set (use ${VLLM_API_KEY:-default} for a default)"]
+    assert errors == [
+        "backends[0].api_key: environment variable VLLM_API_KEY is not set (use ${VLLM_API_KEY:-default} for a default)"
+    ]
 
 
 def test_basic_users_need_bcrypt() -> None:
@@ -102,7 +104,12 @@ def test_empty_auth_section_is_an_error() -> None:
 def test_durations_and_sizes() -> None:
     assert [parse_duration(v) for v in (5, 2.5, "30s", "5m", "1h", "250ms", "10")] == [5, 2.5, 30, 300, 3600, 0.25, 10]
     assert [parse_size(v) for v in (100, "10MiB", "50MB", "512KiB", "1GiB", "2k")] == [
-        100, 10 * 2**20, 50 * 10**6, 512 * 2**10, 2**30, 2000
+        100,
+        10 * 2**20,
+        50 * 10**6,
+        512 * 2**10,
+        2**30,
+        2000,
     ]
     for bad in ("fast", -1, True, "5 minutes"):
         with pytest.raises(ValueError):
@@ -129,7 +136,8 @@ def test_example_config_is_valid_and_documents_every_key() -> None:
     config = load_config(EXAMPLE, env={"VLLM_API_KEY": "x"})
     assert config.source == str(EXAMPLE)
     text = EXAMPLE.read_text()
-    for key in ("host", "port", "max_body_size", "allowed_hosts", "trusted_proxies", "tls", "allow_unauthenticated_remote",
+    for key in ("host", "port", "max_body_size", "allowed_hosts", "trusted_proxies", "tls",
+                "allow_unauthenticated_remote",
                 "name", "url", "type", "models", "api_key", "timeouts", "connect", "first_byte", "idle",
                 "max_concurrency", "weight", "health_check", "interval", "rise", "fall", "retries", "queue_size",
                 "queue_timeout", "discovery_interval", "aliases", "api_keys", "basic_users", "password_hash", "admin",

@@ -18,7 +18,9 @@ from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_en
 from .fakes import FakeBackend
 
 
-async def post(gw: RunningGateway, path: str, data: bytes, **headers: str) -> tuple[int, object, aiohttp.typedefs.LooseHeaders]:
+async def post(
+    gw: RunningGateway, path: str, data: bytes, **headers: str
+) -> tuple[int, object, aiohttp.typedefs.LooseHeaders]:
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{gw.url}{path}", data=data, headers=headers) as resp:
             return resp.status, json.loads(await resp.read()), resp.headers
@@ -109,7 +111,9 @@ async def test_unreachable_backend_is_502(backend_factory: BackendFactory, gatew
 
 
 async def test_upstream_401_becomes_502(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
-    backend = await backend_factory("gpu", kind="openai", models=["m"], status=401, status_body={"error": "Unauthorized"})
+    backend = await backend_factory(
+        "gpu", kind="openai", models=["m"], status=401, status_body={"error": "Unauthorized"}
+    )
     gw = await gateway_factory({"backends": [backend_entry(backend, type="vllm", api_key="wrong")]})
     status, doc, headers = await post(gw, "/v1/chat/completions", b'{"model": "m", "messages": []}')
     assert status == 502 and "WWW-Authenticate" not in headers
@@ -120,7 +124,9 @@ async def test_upstream_401_becomes_502(backend_factory: BackendFactory, gateway
 async def test_upstream_errors_are_relayed_with_their_status(
     backend_factory: BackendFactory, gateway_factory: GatewayFactory
 ) -> None:
-    backend = await backend_factory("desktop", models=["m:latest"], status=500, status_body={"error": "llama runner crashed"})
+    backend = await backend_factory(
+        "desktop", models=["m:latest"], status=500, status_body={"error": "llama runner crashed"}
+    )
     gw = await gateway_factory({"backends": [backend_entry(backend)]})
     status, doc, _ = await post(gw, "/api/generate", b'{"model": "m"}')
     assert status == 500 and doc == {"error": "llama runner crashed"}
@@ -160,7 +166,9 @@ async def test_health_probes_mark_a_backend_down_and_up(
     assert b.up and gw.sample("gateway_backend_up", backend="desktop") == 1
 
 
-async def test_concurrency_limit_queue_full_is_429(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
+async def test_concurrency_limit_queue_full_is_429(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
     backend = await backend_factory("desktop", models=["m:latest"], hang=True)
     gw = await gateway_factory(
         {"backends": [backend_entry(backend, max_concurrency=1)], "routing": {"queue_size": 0, "queue_timeout": "1s"}}
@@ -179,11 +187,12 @@ async def test_concurrency_limit_queue_full_is_429(backend_factory: BackendFacto
     st.text(),
     st.one_of(st.none(), st.text()),
 )
-def test_error_bodies_are_valid_json_of_the_dialect_shape(kind: type[GatewayError], message: str, code: str | None) -> None:
+def test_error_bodies_are_valid_json_of_the_dialect_shape(
+    kind: type[GatewayError], message: str, code: str | None
+) -> None:
     err = kind(message, code=code)
     openai_doc = json.loads(error_body(Dialect.OPENAI, err))
     assert openai_doc["error"]["message"] == message and openai_doc["error"]["code"] == code
     assert json.loads(error_body(Dialect.OLLAMA, err)) == {"error": message}
     anthropic_doc = json.loads(error_body(Dialect.ANTHROPIC, err))
     assert anthropic_doc["type"] == "error" and anthropic_doc["error"]["message"] == message
-

@@ -58,7 +58,9 @@ async def test_client_credentials_origin_cookie_never_reach_the_backend(
     # A page on an origin that is not allowed is refused before any backend is touched (CSRF).
     async with aiohttp.ClientSession() as http:
         async with http.post(
-            f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []}, headers={"Origin": "http://evil.example"}
+            f"{gw.url}/v1/chat/completions",
+            json={"model": "m", "messages": []},
+            headers={"Origin": "http://evil.example"},
         ) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
     assert len(backend.requests) == 1
@@ -68,9 +70,7 @@ async def test_trusted_proxy_forwarded_for_is_extended(
     backend_factory: BackendFactory, gateway_factory: GatewayFactory
 ) -> None:
     backend = await backend_factory("desktop", models=["m:latest"])
-    gw = await gateway_factory(
-        {"server": {"trusted_proxies": ["127.0.0.0/8"]}, "backends": [backend_entry(backend)]}
-    )
+    gw = await gateway_factory({"server": {"trusted_proxies": ["127.0.0.0/8"]}, "backends": [backend_entry(backend)]})
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"{gw.url}/api/generate", json={"model": "m", "stream": False}, headers={"X-Forwarded-For": "203.0.113.9"}
@@ -91,13 +91,20 @@ def test_client_address_walks_trusted_hops() -> None:
 token = st.text(alphabet="abcdefghijklmnopqrstuvwxyz-", min_size=1, max_size=12)
 
 
-@given(st.lists(st.tuples(token, st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)), max_size=12), st.lists(token, max_size=4))
+@given(
+    st.lists(
+        st.tuples(token, st.text(alphabet=st.characters(min_codepoint=32, max_codepoint=126), max_size=20)), max_size=12
+    ),
+    st.lists(token, max_size=4),
+)
 def test_no_hop_by_hop_or_connection_named_header_survives(pairs: list[tuple[str, str]], named: list[str]) -> None:
     raw: CIMultiDict[str] = CIMultiDict(pairs)
     if named:
         raw["Connection"] = ", ".join(named)
     for out in (
-        upstream_headers(CIMultiDictProxy(raw), peer_ip="1.1.1.1", peer_trusted=False, scheme="http", request_id="r", api_key=None),
+        upstream_headers(
+            CIMultiDictProxy(raw), peer_ip="1.1.1.1", peer_trusted=False, scheme="http", request_id="r", api_key=None
+        ),
         downstream_headers(CIMultiDictProxy(raw), streamed=True),
     ):
         for name in out:

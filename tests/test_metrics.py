@@ -59,7 +59,9 @@ async def test_counts_and_tokens_for_both_dialects_streamed_and_not(single: tupl
     assert gw.sample("gateway_in_flight_requests", backend="desktop") == 0
 
 
-async def test_errors_are_counted_with_bounded_labels(single: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession) -> None:
+async def test_errors_are_counted_with_bounded_labels(
+    single: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
     _, gw = single
     async with http.post(f"{gw.url}/api/chat", json={"model": "nope"}) as resp:
         assert resp.status == 404
@@ -81,8 +83,9 @@ async def test_random_unknown_model_names_create_no_label_values(
         assert resp.status == 404
     async with http.post(f"{gw.url}/api/generate", json={"model": " "}) as resp:
         assert resp.status == 400  # blank names are a 400: seed that code too
-    before = {name: series(gw, name) for name in ("gateway_requests_total", "gateway_request_duration_seconds_count",
-                                                    "gateway_tokens_total", "gateway_upstream_errors_total")}  # fmt: skip
+    names = ("gateway_requests_total", "gateway_request_duration_seconds_count", "gateway_tokens_total",
+             "gateway_upstream_errors_total")  # fmt: skip
+    before = {name: series(gw, name) for name in names}
     rng = random.Random(7)
     for _ in range(1000):
         junk = "".join(rng.choices(string.printable, k=rng.randint(1, 40)))
@@ -96,9 +99,7 @@ async def test_random_unknown_model_names_create_no_label_values(
 
 async def test_usage_injection_round_trip(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
     backend = await backend_factory("vllm", kind="openai", models=["m"], chunks=["a", "bc", "def"])
-    gw = await gateway_factory(
-        {"backends": [backend_entry(backend, type="vllm")], "metrics": {"inject_usage": True}}
-    )
+    gw = await gateway_factory({"backends": [backend_entry(backend, type="vllm")], "metrics": {"inject_usage": True}})
     request = {"model": "m", "messages": [], "stream": True}
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{backend.url}/v1/chat/completions", json=request) as resp:
@@ -165,6 +166,8 @@ async def test_workers_share_one_view_of_the_metrics(tmp_path: Path, backend_fac
             for _ in range(6):  # whichever worker answers the scrape reports the whole gateway
                 async with http.get(f"{url}/metrics") as resp:
                     text = await resp.text()
-                line = next(x for x in text.splitlines() if x.startswith("gateway_requests_total{") and "/api/generate" in x)
+                line = next(
+                    x for x in text.splitlines() if x.startswith("gateway_requests_total{") and "/api/generate" in x
+                )
                 assert line.endswith(" 40.0"), line
         await asyncio.sleep(0)

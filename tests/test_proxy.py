@@ -23,9 +23,7 @@ def oai(gw: RunningGateway, key: str = "unused") -> openai.AsyncOpenAI:
 async def test_openai_chat_non_streamed(single: tuple[FakeBackend, RunningGateway]) -> None:
     backend, gw = single
     async with oai(gw) as client:
-        reply = await client.chat.completions.create(
-            model="llama3.2", messages=[{"role": "user", "content": "hi"}]
-        )
+        reply = await client.chat.completions.create(model="llama3.2", messages=[{"role": "user", "content": "hi"}])
     assert reply.choices[0].message.content == "Hello!"
     assert reply.usage is not None and reply.usage.prompt_tokens == 7
     assert backend.requests[-1].path == "/v1/chat/completions"
@@ -150,7 +148,9 @@ async def test_two_backends_route_by_model_and_merge_listings(
     assert [m.model for m in tags.models] == ids  # same merge in Ollama's shape, aliases included
 
 
-async def test_ollama_latest_is_the_same_model(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
+async def test_ollama_latest_is_the_same_model(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
     backend = await backend_factory("desktop", models=["llama3.2:latest"])
     gw = await gateway_factory({"backends": [backend_entry(backend)], "aliases": {"fast": "llama3.2"}})
     client = ollama.AsyncClient(host=gw.url)
@@ -177,7 +177,10 @@ async def test_failover_to_second_backend_when_first_is_down(
     first = await backend_factory("first")
     second = await backend_factory("second")
     gw = await gateway_factory(
-        {"backends": [backend_entry(first, models=["m"]), backend_entry(second, models=["m"])], "routing": {"retries": 1}}
+        {
+            "backends": [backend_entry(first, models=["m"]), backend_entry(second, models=["m"])],
+            "routing": {"retries": 1},
+        }
     )
     await first.stop()  # connection refused from now on
     async with aiohttp.ClientSession() as http:

@@ -70,8 +70,12 @@ async def test_sighup_reloads_credentials(tmp_path: Path, backend_factory: Backe
     config = tmp_path / "gateway.yaml"
     doc = {
         "backends": [{"name": "local", "url": backend.url}],
-        "auth": {"api_keys": [{"name": "laptop", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()},
-                              {"name": "spare", "hash": "sha256:" + "0" * 64}]},  # fmt: skip
+        "auth": {
+            "api_keys": [
+                {"name": "laptop", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()},
+                {"name": "spare", "hash": "sha256:" + "0" * 64},
+            ]
+        },  # fmt: skip
     }
     config.write_text(yaml.safe_dump(doc))
     headers = {"Authorization": f"Bearer {KEY}"}
