@@ -280,3 +280,17 @@ async def test_request_id_generated_or_passed_through(single: tuple[FakeBackend,
     assert len(generated) == 32
     assert backend.requests[0].headers["X-Request-Id"] == generated
     assert backend.requests[1].headers["X-Request-Id"] == "trace-42"
+
+
+async def test_responses_and_anthropic_messages_are_routed(single: tuple[FakeBackend, RunningGateway]) -> None:
+    backend, gw = single
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{gw.url}/v1/responses", json={"model": "llama3.2", "input": "hi"}) as resp:
+            assert resp.status == 200 and (await resp.json())["path"] == "/v1/responses"
+        headers = {"x-api-key": "ignored-without-auth", "anthropic-version": "2023-06-01"}
+        body = {"model": "qwen2.5:7b", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(f"{gw.url}/v1/messages", json=body, headers=headers) as resp:
+            assert resp.status == 200 and (await resp.json())["path"] == "/v1/messages"
+    assert [r.path for r in backend.requests] == ["/v1/responses", "/v1/messages"]
+    assert "x-api-key" not in backend.requests[-1].headers  # never forwarded, even with auth off
+    assert backend.requests[-1].headers["anthropic-version"] == "2023-06-01"

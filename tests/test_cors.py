@@ -1,0 +1,61 @@
+"""CORS through the real gateway: every kind of response carries exactly one set of CORS headers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+
+import aiohttp
+
+from .conftest import BackendFactory, GatewayFactory, backend_entry
+
+ORIGIN = "https://app.example.com"
+KEY = "sk-gw-cors-0123456789abcdef0123456789abcdef"
+
+
+async def test_every_response_kind_carries_cors(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
+    ok = await backend_factory("ok", models=["m:latest"], cors=True)  # the backend adds its own "*"
+    broken = await backend_factory("broken", models=["bad:latest"], status=500)
+    gw = await gateway_factory({
+        "server": {"max_body_size": "2KiB"},
+        "backends": [backend_entry(ok, max_concurrency=1), backend_entry(broken)],
+        "routing": {"queue_size": 0},
+        "auth": {"api_keys": [{"name": "web", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest(),
+                               "models": ["m", "bad"]}]},
+        "cors": {"allow_origins": ["https://*.example.com"]},
+    })  # fmt: skip
+    auth = {"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"}
+    gate: asyncio.Queue[None] = asyncio.Queue()
+    ok.gate = gate
+    async with aiohttp.ClientSession() as http:
+        holder = await http.post(f"{gw.url}/api/chat", json={"model": "m", "messages": []}, headers=auth)  # streams
+        assert holder.status == 200
+        cases = [
+            ("POST", "/api/chat", {"Origin": ORIGIN}, b'{"model": "m"}', 401),
+            ("POST", "/api/chat", auth, b'{"model": "other"}', 404),
+            ("POST", "/api/pull", auth, b'{"model": "m"}', 403),
+            ("POST", "/api/chat", auth, b'{"model": "m", "pad": "' + b"x" * 4096 + b'"}', 413),
+            ("POST", "/api/chat", auth, b'{"model": "m"}', 429),  # "ok" is busy with the stream, no queue
+            ("POST", "/api/generate", auth, b'{"model": "bad"}', 500),
+            ("GET", "/v1/models", auth, None, 200),
+        ]
+        for method, path, headers, body, status in cases:
+            async with http.request(method, f"{gw.url}{path}", data=body, headers=headers) as resp:
+                assert resp.status == status, (path, status, await resp.text())
+                assert resp.headers.getall("Access-Control-Allow-Origin") == [ORIGIN], path
+                assert "Origin" in resp.headers["Vary"]
+                assert "X-Request-Id" in resp.headers["Access-Control-Expose-Headers"]
+                json.loads(await resp.read())  # a readable JSON body, also on errors
+        # The streamed response got them too, before its first byte.
+        assert holder.headers.getall("Access-Control-Allow-Origin") == [ORIGIN]
+        for _ in range(5):
+            gate.put_nowait(None)
+        lines = [json.loads(line) async for line in holder.content]
+        assert lines[-1]["done"] is True
+        holder.close()
+        # A disallowed origin: 403, no CORS headers at all, nothing forwarded.
+        before = len(ok.requests)
+        async with http.post(f"{gw.url}/api/chat", json={"model": "m"}, headers={**auth, "Origin": "https://evil.test"}) as resp:
+            assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+        assert len(ok.requests) == before
