@@ -65,6 +65,18 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
+def _without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
+    """A copy without the ``drop`` headers and those the ``Connection`` header names (RFC 9110 §7.6.1)."""
+    named = _connection_tokens(headers)
+    out: CIMultiDict[str] = CIMultiDict()
+    for name, value in headers.items():
+        lowered = name.lower()
+        if lowered in drop or (named and lowered in named):
+            continue
+        out.add(name, value)
+    return out
+
+
 def upstream_headers(
     headers: CIMultiDictProxy[str],
     *,
@@ -79,13 +91,7 @@ def upstream_headers(
     ``peer_ip`` is the direct peer; a trusted proxy's ``X-Forwarded-For`` is extended with it,
     anyone else's is replaced by it.
     """
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in DROP_UPSTREAM or (named and lowered in named):
-            continue
-        out.add(name, value)
+    out = _without(headers, DROP_UPSTREAM)
     forwarded_for = headers.get("X-Forwarded-For") if peer_trusted else None
     out["X-Forwarded-For"] = f"{forwarded_for}, {peer_ip}" if forwarded_for else peer_ip
     out["X-Forwarded-Proto"] = scheme
@@ -100,13 +106,7 @@ def upstream_headers(
 
 def downstream_headers(headers: CIMultiDictProxy[str], *, streamed: bool) -> CIMultiDict[str]:
     """The backend response headers to relay to the client."""
-    named = _connection_tokens(headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in headers.items():
-        lowered = name.lower()
-        if lowered in DROP_DOWNSTREAM or (named and lowered in named):
-            continue
-        out.add(name, value)
+    out = _without(headers, DROP_DOWNSTREAM)
     if streamed:
         out["Cache-Control"] = "no-cache"
         out["X-Accel-Buffering"] = "no"
