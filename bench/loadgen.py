@@ -17,6 +17,8 @@ Modes (each prints one JSON object on stdout, a one-line summary on stderr, and 
           how many are alive (a chunk within 2.5 gaps), then closes them all
   body    sequential POSTs of a large JSON body (a base64-looking string in a chat message);
           latency of each, and a check that the backend saw the whole content
+  flood   N POSTs, each with its own random wrong API key, on C keep-alive connections: a credential
+          flood. Counts the answers by status (and the gateway's 429 reasons), and their latency
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import base64
 import json
 import random
 import resource
+import secrets
 import sys
 import time
 from collections.abc import Callable
@@ -629,8 +632,85 @@ async def mode_body(a: argparse.Namespace) -> dict[str, Any]:
             "latency_ms": dist(lat), "min_ms": ms(min(lat) if lat else None), "errors": errors}
 
 
+# ---------------------------------------------------------------- credential flood
+class FloodEx(Exchange):
+    __slots__ = ("body",)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = b""
+
+    def on_data(self, t: float, data: bytes) -> None:
+        if len(self.body) < 512:
+            self.body += data[:512]
+
+
+def reject_reason(status: int, body: bytes) -> str:
+    """The gateway's reason for a 429, from its message (anything else: the status alone)."""
+    if status != 429:
+        return str(status)
+    text = body.decode("utf-8", "replace").lower()
+    if "in progress" in text:
+        return "429 checks busy"  # auth.max_pending bcrypt checks already queued or running
+    if "failed authentication" in text:
+        return "429 failure budget"  # this source's failures are used up
+    return "429 other"
+
+
+async def mode_flood(a: argparse.Namespace) -> dict[str, Any]:
+    """a.requests POSTs with as many distinct random wrong keys, a.concurrency at a time."""
+    body = chat_body(a.model, False, 16, 0, False)
+    # Shaped like the bench's real key (sk-bench-<32 hex>): the gateway takes the same path for both.
+    keys = [f"sk-bench-{secrets.token_hex(16)}" for _ in range(a.requests)]
+    status: dict[str, int] = {}
+    reasons: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    lat: list[float] = []
+    loop = asyncio.get_running_loop()
+    nxt = [0]
+    t_start = now()
+
+    async def worker() -> None:
+        conn: Conn | None = None
+        while nxt[0] < len(keys):
+            key = keys[nxt[0]]
+            nxt[0] += 1
+            if conn is None or conn.lost or not conn.keep:
+                if conn is not None:
+                    conn.close()
+                try:
+                    conn = await asyncio.wait_for(connect(a.port), 10)
+                except (TimeoutError, OSError) as e:
+                    count(errors, "connect: %s" % (e or type(e).__name__))
+                    conn = None
+                    continue
+            fut = loop.create_future()
+            conn.after = lambda c, ex, f=fut: f.done() or f.set_result(None)
+            ex = FloodEx()
+            conn.send(request_bytes(a.port, "/v1/chat/completions", body, key), ex)
+            try:
+                await asyncio.wait_for(fut, a.stream_timeout)
+            except TimeoutError:
+                ex.error = f"timeout ({a.stream_timeout:g}s)"
+                conn.close()
+                conn = None
+            if ex.error is not None:
+                count(errors, ex.error)
+                continue
+            count(status, str(ex.status))
+            count(reasons, reject_reason(ex.status, ex.body))
+            lat.append(ex.t_end - ex.t0)
+        if conn is not None:
+            conn.close()
+
+    await asyncio.gather(*(worker() for _ in range(min(a.concurrency, len(keys)))))
+    return {"mode": "flood", "requests": len(keys), "concurrency": a.concurrency, "answered": len(lat),
+            "status": status, "reasons": reasons, "errors": errors, "error_count": sum(errors.values()),
+            "latency_ms": dist(lat), "wall_s": round(now() - t_start, 3)}
+
+
 # ---------------------------------------------------------------- main
-MODES = {"ns": mode_ns, "stream": mode_stream, "idle": mode_idle, "body": mode_body}
+MODES = {"ns": mode_ns, "stream": mode_stream, "idle": mode_idle, "body": mode_body, "flood": mode_flood}
 
 
 def human(out: dict[str, Any]) -> str:
@@ -647,6 +727,10 @@ def human(out: dict[str, Any]) -> str:
         return (f"idle {o['target']}: opened {o['opened']} in {o['ramp_s']:.1f}s, started {o['started']}, "
                 f"held {o['held_min']}-{o['held_max']}, gap p99 {o['hold_gap_ms']['p99']} ms, "
                 f"errors {o['errors']}")
+    if m == "flood":
+        return (f"flood {o['requests']} wrong keys c={o['concurrency']}: {o['status']} in {o['wall_s']:.2f}s, "
+                f"p50 {o['latency_ms']['p50']} ms p99 {o['latency_ms']['p99']} ms, reasons {o['reasons']}, "
+                f"errors {o['errors']}")
     return (f"body {o['request_bytes']} B: {o['ok']}/{o['requests']} ok, p50 {o['latency_ms']['p50']} ms, "
             f"errors {o['errors']}")
 
@@ -662,14 +746,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--chunks", type=int, default=50, help="ns: completion tokens; stream: content chunks")
     p.add_argument("--delay-ms", type=float, default=20.0, help="stream/idle: gap between chunks")
     p.add_argument("--protocol", choices=("sse", "ndjson"), default="sse")
-    p.add_argument("--stream-timeout", type=float, default=30.0)
+    p.add_argument("--stream-timeout", type=float, default=30.0, help="stream: per stream; flood: per request")
     p.add_argument("--streams", type=int, default=10000, help="idle: streams to open")
     p.add_argument("--rate", type=float, default=1000.0, help="idle: opens per second at most")
     p.add_argument("--inflight", type=int, default=500, help="idle: at most this many waiting for a first chunk")
     p.add_argument("--ramp-max-s", type=float, default=30.0, help="idle: stop opening after this")
     p.add_argument("--hold-s", type=float, default=8.0, help="idle: measuring window")
     p.add_argument("--body-mb", type=float, default=5.0, help="body: size of the message content")
-    p.add_argument("--requests", type=int, default=8, help="body: measured requests (plus one warm-up)")
+    p.add_argument("--requests", type=int, default=8,
+                   help="body: measured requests (plus one warm-up); flood: requests (one wrong key each)")
     p.add_argument("--max-s", type=float, default=180.0, help="hard stop for the whole run")
     return p.parse_args(argv)
 

@@ -5,6 +5,7 @@ alone, "x bare" against the bare aiohttp relay. "added" figures are target minus
 """
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 Phase = dict[str, Any]
@@ -58,10 +59,31 @@ def drained(d: Phase) -> str:
     return f"{final} still open after {waited:.0f} s"
 
 
+def features_text(f: dict[str, Any] | None) -> str:
+    """What a gateway variant turns off, e.g. "auth off, metrics off"; "full" for the whole config."""
+    if not f:
+        return NA
+    full = {"auth": True, "cors": True, "metrics": True, "log_level": "info"}
+    diffs = [f"{k} off" if v is False else f"logging.level {v}" for k, v in f.items() if full.get(k) != v]
+    return ", ".join(diffs) or "full (auth, CORS, metrics, access log at info)"
+
+
+def pair(x: object, y: object) -> str:
+    return f"{x} / {y}"
+
+
 def brief(key: str, d: Phase) -> str:
     """One log line per phase."""
     if "error" in d:
         return "ERROR " + str(d["error"])[:300]
+    if key == "flood":
+        g0, g1, f = d["good_alone"], d["good_during"], d["flood"]
+        if "error" in f or "error" in g0 or "error" in g1:
+            return "ERROR " + str(f.get("error") or g0.get("error") or g1.get("error"))[:300]
+        return (f"flood {f['status']} {f['reasons']} in {f['flood_s']} s (gateway busy {f['busy_s']} s, "
+                f"flood cpu {f.get('proxy_cpu_s')} s); good alone {g0['requests']} req p99 "
+                f"{num(g0['latency_ms']['p99'], 2)} ms, during {g1['requests']} req p99 "
+                f"{num(g1['latency_ms']['p99'], 2)} ms, errors {errors_text(g1.get('errors'))}")
     if key.startswith("ns"):
         lat = d["latency_ms"]
         return (f"{d['rps']:.0f} rps, p50 {num(lat['p50'], 2)} ms, p99 {num(lat['p99'], 2)} ms, "
@@ -105,6 +127,10 @@ class Run:
 
     def phases(self, key: str) -> list[tuple[str, Phase]]:
         return [(n, r["phases"][key]) for n, r in self.t.items() if key in r["phases"]]
+
+    def variants(self) -> list[str]:
+        """Gateway targets that are not gateway-wN: the feature variants measured in this run."""
+        return [n for n in self.t if n.startswith("gateway-") and not n[len("gateway-w"):].isdigit()]
 
     # ------------------------------------------------------------ tables
     def summary(self) -> list[str]:
@@ -208,6 +234,125 @@ class Run:
                 num(d.get("other_load_pct"))))
         return out
 
+    def feature_table(self) -> list[str]:
+        """The full gateway against its variants and the bare relay: what each feature costs.
+
+        From the interleaved rounds when they ran (medians of per-round ratios), else from each
+        target's own ns phase at c=64 (one sample each, minutes apart)."""
+        full = f"gateway-w{self.s.get('variant_workers') or 1}"
+        fr = self.res.get("feature_rounds") or {}
+        note = ""
+        if fr.get("rounds") and "error" not in fr:
+            names = [n for n in fr["targets"] if n in self.t]
+            rounds: list[dict[str, Phase]] = fr["rounds"]
+            top = fr["conc"]
+            src = (f"{len(rounds)} interleaved rounds of {fr['duration']:g} s per target, order rotated each round; "
+                   "figures are medians over the rounds, ratios medians of the per-round ratios")
+        else:
+            conc = self.s["conc"]
+            top = 64 if 64 in conc else max(conc)
+            names = [n for n in [full] + self.variants() + ["bare"] if n in self.t]
+            rounds = [{n: d for n in names if (d := self.t[n]["phases"].get(f"ns_{top}")) is not None}]
+            src = "one ns run per target, run one after the other"
+            if fr.get("error"):
+                note = "Interleaved rounds failed: " + str(fr["error"])[:300].replace("\n", " ")
+
+        def rps_of(d: Phase | None) -> float | None:
+            return d["rps"] if d is not None and ok(d) else None
+
+        def series(n: str, f: Any) -> list[float]:
+            return [v for r in rounds if (v := f(r.get(n))) is not None]
+
+        def paired(a: str, b: str, f: Any) -> list[float]:
+            return [x / y for r in rounds if (x := f(r.get(a))) is not None and (y := f(r.get(b)))]
+
+        def med(xs: list[float]) -> float | None:
+            return statistics.median(xs) if xs else None
+
+        def mratio(a: str, b: str, f: Any) -> str:
+            m = med(paired(a, b, f))
+            return NA if m is None else (f"{m:.2f}" if m >= 0.1 else f"{m:.2g}")
+
+        out = [f"## Feature cost (non-streaming, c={top}, {self.s.get('variant_workers') or 1} worker; every gateway "
+               "row is the same config with one change)", "", f"Source: {src}.", "",
+               row("target", "config", f"RPS c={top}", "CPU us/req", "RPS x full", "CPU x full", "RPS x bare",
+                   "CPU x bare", "errors", "other load % (max)"),
+               "|---|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+        for n in names:
+            errs = [d["error"] for r in rounds if (d := r.get(n)) is not None and "error" in d]
+            if errs and not series(n, rps_of):
+                out.append(row(n, str(errs[0])[:150].replace("\n", " ")))
+                continue
+            cfg = "bare aiohttp relay" if n == "bare" else features_text(self.t[n].get("features"))
+            nerr = sum(d.get("error_count") or 0 for r in rounds if (d := r.get(n)) is not None and ok(d))
+            other = series(n, lambda d: d.get("other_load_pct") if d is not None and ok(d) else None)
+            out.append(row(n, cfg, num(med(series(n, rps_of)), 0), num(med(series(n, self.ns_cpu)), 0),
+                           mratio(n, full, rps_of), mratio(n, full, self.ns_cpu),
+                           "-" if n == "bare" else mratio(n, "bare", rps_of),
+                           "-" if n == "bare" else mratio(n, "bare", self.ns_cpu),
+                           str(nerr + len(errs)), num(max(other) if other else None)))
+        out += ["", row("ratio", "RPS", "range over rounds", "CPU us/req", "goal", "met"),
+                "|---|---:|---:|---:|---|:-:|"]
+
+        def short(n: str) -> str:
+            return "full" if n == full else n.removeprefix("gateway-")
+
+        for a, b, goal in ((full, "gateway-noauth", 0.9), (full, "gateway-nometrics", 0.9), (full, "gateway-min", None),
+                           (full, "bare", None), ("gateway-min", "bare", None)):
+            if a not in names or b not in names:
+                continue
+            rs = paired(a, b, rps_of)
+            m = med(rs)
+            spread = f"{min(rs):.2f} - {max(rs):.2f}" if len(rs) > 1 else "-"
+            verdict = "-" if goal is None else NA if m is None else "yes" if m >= goal else "**NO**"
+            if goal is not None and len(rs) > 1 and min(rs) < goal <= max(rs):
+                verdict += " (rounds on both sides)"
+            out.append(row(f"{short(a)} / {short(b)}", mratio(a, b, rps_of), spread, mratio(a, b, self.ns_cpu),
+                           f"RPS >= {goal}" if goal else "-", verdict))
+        out += ["", "At this concurrency the proxy's core is the limit, so CPU us/req is about 1/RPS: both move with "
+                "the speed of the shared core, which the other load column does not see. Only ratios taken close "
+                "together in time (the rounds) can resolve a 10% difference."]
+        if note:
+            out += ["", note]
+        return out
+
+    def flood_table(self) -> list[str]:
+        s = self.s
+        n = s.get("flood_requests")
+        out = [f"## Credential flood: {n} requests with {n} distinct wrong keys, {s.get('flood_conc')} at a time, "
+               f"from 127.0.0.1, during a good client (valid key, c={s.get('flood_good_conc')}, "
+               f"{s.get('flood_s'):g} s); the same good client alone just before", "",
+               row("target", "401", "429 budget / busy", "other", "wrong-key answer p50 / p99 ms", "flood took s",
+                   "gateway busy s",
+                   "gateway CPU s (window)", "of it flood s", "CPU ms / wrong req", "good req alone / flood",
+                   "good errors alone / flood", "good p50 ms alone / flood", "good p99 ms alone / flood",
+                   "p99 x alone", "other load % alone / flood"),
+               "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|"]
+        for name, d in self.phases("flood"):
+            g0, g1, f = d.get("good_alone", {}), d.get("good_during", {}), d.get("flood", {})
+            err = d.get("error") or f.get("error") or g0.get("error") or g1.get("error")
+            if err:
+                out.append(row(name, str(err)[:150].replace("\n", " ")))
+                continue
+            st, why = f.get("status", {}), f.get("reasons", {})
+            other = sum(v for k, v in st.items() if k not in ("401", "429")) + f.get("error_count", 0)
+            l0, l1 = g0["latency_ms"], g1["latency_ms"]
+            out.append(row(
+                name, st.get("401", 0),
+                pair(why.get("429 failure budget", 0), why.get("429 checks busy", 0)) if st.get("429") else 0,
+                other if not f.get("errors") else f"{other} ({errors_text(f['errors'])})",
+                pair(num(f["latency_ms"]["p50"], 1), num(f["latency_ms"]["p99"], 1)),
+                num(f.get("flood_s"), 2), num(f.get("busy_s"), 1), num(g1.get("proxy_cpu_s"), 2),
+                num(f.get("proxy_cpu_s"), 2), num(per(f.get("proxy_cpu_s"), n, 1e3), 2),
+                pair(g0["requests"], g1["requests"]), pair(g0.get("error_count", 0), errors_text(g1.get("errors"))),
+                pair(num(l0["p50"], 2), num(l1["p50"], 2)), pair(num(l0["p99"], 2), num(l1["p99"], 2)),
+                ratio(l1["p99"], l0["p99"]), pair(num(g0.get("other_load_pct")), num(g1.get("other_load_pct")))))
+        out += ["", "401: wrong keys that got a bcrypt check; 429 budget: the source's failure budget was used up; "
+                "429 busy: too many bcrypt checks queued already. The window runs from the start of the flooded "
+                "run until the gateway's CPU settles (gateway busy s, counted from the first wrong key); "
+                "\"of it flood\" subtracts what the good requests in it cost at the rate measured alone."]
+        return out
+
     def body_table(self) -> list[str]:
         s = self.s
         out = [f"## {s['body_mb']:g} MB request body (base64-looking JSON string), {s['body_requests']} sequential "
@@ -289,6 +434,10 @@ def render(res: dict[str, Any]) -> str:
         out += run.body_table() + [""]
     if run.phases("idle"):
         out += run.idle_table() + [""]
+    if run.variants() or res.get("feature_rounds"):
+        out += run.feature_table() + [""]
+    if run.phases("flood"):
+        out += run.flood_table() + [""]
     notes = list(m.get("notes", []))
     for name, r in res["targets"].items():
         if "skipped" in r:
@@ -298,14 +447,16 @@ def render(res: dict[str, Any]) -> str:
         if r.get("checks"):
             notes.append(f"{name} checks: " + "; ".join(f"{k}: {v}" for k, v in r["checks"].items()))
         if r.get("log_lines") is not None:
-            notes.append(f"{name} log (stdout+stderr, access log at info): {r['log_lines']} lines, "
+            level = (r.get("features") or {}).get("log_level", "info")
+            notes.append(f"{name} log (stdout+stderr, logging.level {level}): {r['log_lines']} lines, "
                          f"{r.get('log_bytes', 0) / 1e6:.1f} MB, {r.get('log_tracebacks', 0)} tracebacks")
     if "gateway" in m:
         notes.append(f"gateway: {m['gateway']}")
     startup = ", ".join(f"{n} {r['startup_s']}s" for n, r in run.t.items() if r.get("startup_s"))
     if startup:
         notes.append("startup (process start to the first 200 chat completion): " + startup)
-    others = [d.get("other_load_pct") or 0.0 for r in run.t.values() for d in r["phases"].values()]
+    others = [d.get("other_load_pct") or 0.0 for r in run.t.values() for d in r["phases"].values()
+              if isinstance(d, dict)]
     if others:
         notes.append(f"other load (CPU used by processes outside the run, share of all cores): mean "
                      f"{sum(others) / len(others):.1f}%, max {max(others):.1f}%; a phase above ~10% is disturbed")

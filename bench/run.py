@@ -2,12 +2,14 @@
 """Benchmark the gateway against the fake backend alone, a bare aiohttp relay and nginx, in one run.
 
     python bench/run.py                      # everything, about 8-10 minutes on 2 cores
-    python bench/run.py --quick              # smoke run, under 2 minutes
+    python bench/run.py --quick              # smoke run, about 2 minutes
     python bench/run.py --targets direct,bare,gateway --phases ns,sse
     python bench/run.py --gateway-cmd "python -m gateway" --workers 1,2
+    python bench/run.py --targets all        # plus the feature variants (noauth, nometrics, min) and the
+                                             # interleaved rounds that compare them with the full gateway
 
 For every target: a fresh fake backend, then the proxy, then the phases in order (ns, sse, ndjson,
-body, idle); CPU and RSS of the proxy's process tree from /proc; markdown tables with ratios
+body, idle, flood); CPU and RSS of the proxy's process tree from /proc; markdown tables with ratios
 against direct (and the bare relay) on stdout and in bench/results/latest.md (JSON beside it).
 Only 127.0.0.1 is used; every process started is stopped by PID; every load is bounded in time.
 See bench/README.md for what each column means.
@@ -31,7 +33,8 @@ import targets
 from sysmon import Proc, Sampler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ALL_PHASES = ["ns", "sse", "ndjson", "body", "idle"]
+ALL_PHASES = ["ns", "sse", "ndjson", "body", "idle", "flood"]
+VARIANTS = list(targets.VARIANTS)  # gateway-noauth, gateway-nometrics, gateway-min
 T0 = time.monotonic()
 
 
@@ -43,11 +46,23 @@ def log(msg: str) -> None:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="short smoke run (< 2 min): fewer, shorter loads")
+    ap.add_argument("--quick", action="store_true", help="short smoke run (about 2 min): fewer, shorter loads")
     ap.add_argument("--targets", default="direct,bare,nginx,gateway",
-                    help="comma list of direct, bare, nginx, gateway (= one per --workers), gateway-wN")
-    ap.add_argument("--workers", default="1,2", help="gateway worker counts to run when 'gateway' is a target")
+                    help="comma list of direct, bare, nginx, gateway (= one per --workers), gateway-wN, "
+                         + ", ".join(VARIANTS) + ", variants (= those three), all (= everything)")
+    ap.add_argument("--workers", default="1,2", help="gateway worker counts to run when 'gateway' is a target; "
+                                                     "the variants run with the smallest")
     ap.add_argument("--phases", default=",".join(ALL_PHASES), help="comma list of " + ", ".join(ALL_PHASES))
+    ap.add_argument("--variant-phases", default="ns",
+                    help="the phases (of --phases) the variant targets run, or 'all' (default ns: the feature "
+                         "cost is read from the non-streaming load)")
+    ap.add_argument("--feature-rounds", type=int, default=None,
+                    help="interleaved rounds for the feature-cost table (5; quick 2; 0: off): the full gateway, "
+                         "the variants and bare run side by side and take turns under the same c=64 load")
+    ap.add_argument("--flood-requests", type=int, default=1000, help="flood: requests, one random wrong key each")
+    ap.add_argument("--flood-conc", type=int, default=50, help="flood: concurrent wrong-key requests")
+    ap.add_argument("--flood-good-conc", type=int, default=4,
+                    help="flood: concurrency of the good client (valid key) that runs alone, then during the flood")
     ap.add_argument("--gateway-cmd", default=None,
                     help="command that starts the gateway CLI (default: `gateway` on PATH, next to this "
                          "python, or `python -m gateway` from the checkout); run as CMD serve -c FILE")
@@ -85,15 +100,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     a.idle_rate = a.idle_rate or (500.0 if q else 1000.0)
     a.idle_hold = a.idle_hold or (3.0 if q else 8.0)
     a.body_requests = a.body_requests or (2 if q else 8)
+    a.flood_s = max(3.0, a.duration)  # the good client's run, alone and during the flood
+    a.feature_rounds = (2 if q else 5) if a.feature_rounds is None else a.feature_rounds
+    a.feature_s = min(3.0, a.duration)  # one load of a round
     a.phases = [p for p in a.phases.split(",") if p]
-    bad = [p for p in a.phases if p not in ALL_PHASES]
+    a.variant_phases = ALL_PHASES if a.variant_phases == "all" else [p for p in a.variant_phases.split(",") if p]
+    bad = [p for p in a.phases + a.variant_phases if p not in ALL_PHASES]
     if bad:
         ap.error(f"unknown phase(s) {bad}; choose from {ALL_PHASES}")
+    wn = [f"gateway-w{int(w)}" for w in a.workers.split(",") if w]
+    a.variant_workers = min((int(w) for w in a.workers.split(",") if w), default=1)
     names: list[str] = []
     for t in (x.strip() for x in a.targets.split(",") if x.strip()):
         if t == "gateway":
-            names += [f"gateway-w{int(w)}" for w in a.workers.split(",") if w]
-        elif t in ("direct", "bare", "nginx") or (t.startswith("gateway-w") and t[9:].isdigit()):
+            names += wn
+        elif t == "variants":
+            names += VARIANTS
+        elif t == "all":
+            names += ["direct", "bare", "nginx"] + wn + VARIANTS
+        elif t in ("direct", "bare", "nginx") or t in VARIANTS or (t.startswith("gateway-w") and t[9:].isdigit()):
             names.append(t)
         else:
             ap.error(f"unknown target {t!r}")
@@ -173,18 +198,29 @@ def versions(a: argparse.Namespace) -> dict[str, str]:
 # ---------------------------------------------------------------- loads
 def run_json(argv: list[str], cpus: str | None, timeout: float, env: dict[str, str] | None = None,
              marker: str = "") -> dict[str, Any]:
+    return collect_json(spawn_json(argv, cpus, env), timeout, marker)
+
+
+def spawn_json(argv: list[str], cpus: str | None, env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    """Start a load generator in its own session; collect_json() waits for it and reads its JSON line."""
     if cpus:
         argv = ["taskset", "-c", cpus] + argv
+    return subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=dict(os.environ, **(env or {})), start_new_session=True)
+
+
+def collect_json(p: subprocess.Popen[str], timeout: float, marker: str = "") -> dict[str, Any]:
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                           env=dict(os.environ, **(env or {})))
+        stdout, stderr = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        p.kill()  # by PID: the one process started above
+        p.communicate()
         return {"error": f"load generator killed after {timeout:.0f} s"}
-    for line in reversed(r.stdout.splitlines()):
+    for line in reversed(stdout.splitlines()):
         if line.startswith(marker + "{") or (marker and line.startswith(marker)):
             out: dict[str, Any] = json.loads(line[len(marker):].strip())
             return out
-    return {"error": f"load generator failed (exit {r.returncode}): {(r.stderr or r.stdout)[-400:]}"}
+    return {"error": f"load generator failed (exit {p.returncode}): {(stderr or stdout)[-400:]}"}
 
 
 def loadgen(a: argparse.Namespace, mode: str, t: targets.Target, extra: list[str], timeout: float) -> dict[str, Any]:
@@ -219,20 +255,23 @@ def port_for(a: argparse.Namespace, name: str, idx: int) -> tuple[int, int]:
 
 
 def start_proxy(a: argparse.Namespace, name: str, bport: int, pport: int, run_dir: str,
-                gw: targets.GatewayFactory) -> targets.Target | str:
+                gw: targets.GatewayFactory, tag: str = "") -> targets.Target | str:
     if name == "direct":
         return targets.Target("direct", bport, key=gw.key)
     if not targets.port_free(pport):
         return f"port {pport} is in use (pass --port-base)"
     if name == "bare":
-        return targets.Target("bare", pport, targets.start_bare(pport, bport, run_dir, a.proxy_cpus), key=gw.key)
+        return targets.Target("bare", pport, targets.start_bare(pport, bport, run_dir, a.proxy_cpus, tag or "bare"),
+                              key=gw.key)
     if name == "nginx":
         if not a.nginx:
             return "nginx is not installed (apt-get install nginx, or pass --install)"
         return targets.Target("nginx", pport, targets.start_nginx(a.nginx, pport, bport, run_dir, a.proxy_cpus),
                               key=gw.key)
+    if name in targets.VARIANTS:
+        return gw.start(name, a.variant_workers, pport, bport, a.proxy_cpus, targets.VARIANTS[name], tag=tag)
     workers = int(name[len("gateway-w"):])
-    return gw.start(name, workers, pport, bport, a.proxy_cpus)
+    return gw.start(name, workers, pport, bport, a.proxy_cpus, tag=tag)
 
 
 def wait_quiet(limit: float) -> float:
@@ -288,7 +327,9 @@ def measure(a: argparse.Namespace, name: str, idx: int, run_dir: str, gw: target
         time.sleep(0.3)
         res["rss_idle_mb"] = round(sysmon.rss_mb(sysmon.tree(t.proc.pid)), 1) if t.proc else None
         ns_load(a, t, 16, 1.0, a.load_cpus)  # warm-up (also fills the gateway's key cache), not reported
-        for phase in a.phases:
+        if t.features:
+            res["features"] = t.features
+        for phase in target_phases(a, name, t):
             for sub in (a.conc if phase == "ns" else [None]):
                 key = f"ns_{sub}" if sub is not None else phase
                 d = run_phase(a, phase, sub, t, backend, sampler)
@@ -315,6 +356,12 @@ def measure(a: argparse.Namespace, name: str, idx: int, run_dir: str, gw: target
         backend.stop()
 
 
+def target_phases(a: argparse.Namespace, name: str, t: targets.Target) -> list[str]:
+    """The variants run only --variant-phases; the flood only hits gateways with auth on."""
+    return [p for p in a.phases if (name not in targets.VARIANTS or p in a.variant_phases)
+            and (p != "flood" or t.features.get("auth"))]
+
+
 def run_phase(a: argparse.Namespace, phase: str, conc: int | None, t: targets.Target, backend: Proc,
               sampler: Sampler) -> dict[str, Any]:
     proxy_pids = t.proc.pids() if t.proc else []
@@ -333,6 +380,8 @@ def run_phase(a: argparse.Namespace, phase: str, conc: int | None, t: targets.Ta
     elif phase == "body":
         d = loadgen(a, "body", t, ["--body-mb", str(a.body_mb), "--requests", str(a.body_requests)],
                     timeout=60 + 10 * a.body_requests)
+    elif phase == "flood":
+        d = flood(a, t, backend)
     else:
         ramp_max = max(10.0, 3.0 * a.idle_streams / a.idle_rate)
         d = loadgen(a, "idle", t, ["--streams", str(a.idle_streams), "--rate", str(a.idle_rate),
@@ -368,6 +417,126 @@ def run_phase(a: argparse.Namespace, phase: str, conc: int | None, t: targets.Ta
         if t.proc:
             d["proxy_rss_after_mb"] = round(sysmon.rss_mb(t.proc.pids()), 1)
     return d
+
+
+class Window:
+    """CPU of the proxy tree, and the rest of the machine's load, over part of a phase."""
+
+    def __init__(self, t: targets.Target, backend: Proc) -> None:
+        self.t, self.backend = t, backend
+        self.c_proxy, self.c_backend = sysmon.cpu_s(t.proc.pids() if t.proc else []), sysmon.cpu_s([backend.pid])
+        self.c_own, self.busy0, self.wall0 = sysmon.own_cpu_s(), sysmon.machine_busy_s(), time.monotonic()
+
+    def proxy_cpu(self) -> float:
+        return sysmon.cpu_s(self.t.proc.pids() if self.t.proc else []) - self.c_proxy
+
+    def close(self) -> dict[str, Any]:
+        wall = time.monotonic() - self.wall0
+        proxy = self.proxy_cpu()
+        ours = proxy + sysmon.cpu_s([self.backend.pid]) - self.c_backend + sysmon.own_cpu_s() - self.c_own
+        return {"proxy_cpu_s": round(proxy, 3), "wall_s": round(wall, 2),
+                "other_load_pct": round(max(0.0, sysmon.machine_busy_s() - self.busy0 - ours) * 100.0
+                                        / (wall * sysmon.NCPU), 1)}
+
+
+def flood(a: argparse.Namespace, t: targets.Target, backend: Proc) -> dict[str, Any]:
+    """A good client alone, then the same good client while a flood of wrong keys hits the gateway.
+
+    The good client is loadgen.py ns with the valid key at --flood-good-conc for a.flood_s seconds.
+    The flood (loadgen.py flood: --flood-requests distinct random keys, --flood-conc at a time) starts
+    0.3 s into the second run. The second window ends when both clients are done and the gateway's
+    CPU has settled (the bcrypt checks the flood queued finish after its last answer), at most 15 s
+    later. The flood's share of the gateway's CPU is that window's CPU minus what the good requests
+    in it cost at the rate measured alone.
+    """
+    good = [sys.executable, os.path.join(HERE, "loadgen.py"), "ns", "--port", str(t.port), "--auth", t.key,
+            "-c", str(a.flood_good_conc), "--duration", str(a.flood_s), "--chunks", "16",
+            "--max-s", str(a.flood_s + 30)]
+    bad = [sys.executable, os.path.join(HERE, "loadgen.py"), "flood", "--port", str(t.port),
+           "--requests", str(a.flood_requests), "-c", str(a.flood_conc), "--stream-timeout", "20", "--max-s", "90"]
+    w = Window(t, backend)
+    alone = run_json(good, a.load_cpus, a.flood_s + 40)
+    alone.update(w.close())
+    w = Window(t, backend)
+    p_good = spawn_json(good, a.load_cpus)
+    time.sleep(0.3)  # the good client is in its stride when the flood starts
+    t_flood = time.monotonic()
+    fl = run_json(bad, a.load_cpus, 100)
+    fl["flood_s"] = round(time.monotonic() - t_flood, 2)
+    during = collect_json(p_good, a.flood_s + 40)
+    # Settled: the gateway used less than 5% of a core over 0.3 s.
+    last, deadline = w.proxy_cpu(), time.monotonic() + 15.0
+    while time.monotonic() < deadline:
+        time.sleep(0.3)
+        now_cpu = w.proxy_cpu()
+        if now_cpu - last < 0.015:
+            break
+        last = now_cpu
+    fl["busy_s"] = round(time.monotonic() - t_flood, 2)  # flood start to the gateway going quiet
+    during.update(w.close())
+    good_share = None
+    if alone.get("requests") and during.get("requests") is not None and alone.get("proxy_cpu_s") is not None:
+        good_share = alone["proxy_cpu_s"] / alone["requests"] * during["requests"]
+    fl["proxy_cpu_s"] = None if good_share is None else round(max(0.0, during["proxy_cpu_s"] - good_share), 3)
+    return {"good_alone": alone, "good_during": during, "flood": fl, "good_conc": a.flood_good_conc,
+            "good_s": a.flood_s}
+
+
+def feature_rounds(a: argparse.Namespace, run_dir: str, gw: targets.GatewayFactory,
+                   done: dict[str, Any]) -> dict[str, Any] | None:
+    """The feature-cost comparison, interleaved: the full gateway, the variants and bare all started
+    (each with its own fake backend), then --feature-rounds rounds in which each takes its turn under
+    the same c=64 load, in an order rotated every round. Loads a few seconds apart see nearly the same
+    machine, so a ratio taken within a round (and its median over the rounds) is far steadier than
+    one between targets measured a minute apart."""
+    full = f"gateway-w{a.variant_workers}"
+    names = [n for n in [full] + VARIANTS + ["bare"]
+             if n in a.target_names and n in done and "skipped" not in done[n]]
+    if a.feature_rounds <= 0 or "ns" not in a.phases or full not in names or len(names) < 2:
+        return None
+    conc = 64 if 64 in a.conc else max(a.conc)
+    log(f"feature rounds: {a.feature_rounds} x {', '.join(names)} at c={conc}, {a.feature_s:g} s each")
+    running: dict[str, tuple[targets.Target, Proc]] = {}
+    out: dict[str, Any] = {"conc": conc, "duration": a.feature_s, "targets": names, "rounds": []}
+    try:
+        for name in names:
+            bport, pport = port_for(a, name, a.target_names.index(name))
+            backend = targets.start_backend(bport, run_dir, a.load_cpus, name + "-rounds")
+            if isinstance(backend, str):
+                out["error"] = f"{name}: fake backend: {backend}"
+                return out
+            t = start_proxy(a, name, bport, pport, run_dir, gw, tag=name + "-rounds")
+            if isinstance(t, str):
+                backend.stop()
+                out["error"] = f"{name}: {t}"
+                return out
+            running[name] = (t, backend)
+            why = targets.wait_ready(t, a.start_timeout)
+            if why:
+                out["error"] = f"{name} did not come up: {why}"
+                return out
+            ns_load(a, t, 16, 1.0, a.load_cpus)  # warm-up, fills the key cache
+        for r in range(a.feature_rounds):
+            k = r % len(names)
+            one: dict[str, Any] = {}
+            for name in names[k:] + names[:k]:
+                t, backend = running[name]
+                w = Window(t, backend)
+                d = ns_load(a, t, conc, a.feature_s, a.load_cpus)
+                d.update(w.close())
+                one[name] = d if "error" in d else {
+                    "rps": round(d["rps"], 1), "requests": d["requests"], "proxy_cpu_s": d["proxy_cpu_s"],
+                    "p99_ms": d["latency_ms"]["p99"], "error_count": d["error_count"],
+                    "other_load_pct": d["other_load_pct"]}
+            out["rounds"].append(one)
+            log("  round {}: {}".format(r + 1, ", ".join(
+                f"{n} {v['rps']:.0f}" if "rps" in v else f"{n} ERROR" for n, v in one.items())))
+        return out
+    finally:
+        for t, backend in running.values():
+            if t.proc:
+                t.proc.stop()
+            backend.stop()
 
 
 def backend_port(backend: Proc) -> int:
@@ -419,7 +588,9 @@ def main() -> None:
                                                        meta["loadgen"], meta["pinning"], run_dir))
     settings = {k: getattr(a, k) for k in ("duration", "conc", "streams", "chunks", "delay_ms", "idle_streams",
                                            "idle_rate", "idle_hold", "body_mb", "body_requests", "phases",
-                                           "target_names", "workers")}
+                                           "target_names", "workers", "variant_workers", "variant_phases",
+                                           "flood_requests", "flood_conc", "flood_good_conc", "flood_s",
+                                           "feature_rounds", "feature_s")}
     results: dict[str, Any] = {"meta": meta, "settings": settings, "capacity": {}, "targets": {}}
     try:
         if not a.no_capacity and "ns" in a.phases:
@@ -430,6 +601,9 @@ def main() -> None:
             if "skipped" in r:
                 log("  SKIPPED {}: {}".format(name, r["skipped"]))
             results["targets"][name] = r
+        fr = feature_rounds(a, run_dir, gw, results["targets"])
+        if fr is not None:
+            results["feature_rounds"] = fr
     finally:
         meta["elapsed_s"] = round(time.monotonic() - T0, 1)
         md = report.render(results)

@@ -5,6 +5,8 @@ bare        bare_relay.py, the floor for an aiohttp proxy
 nginx       nginx with proxy_buffering and proxy_request_buffering off, HTTP/1.1 upstream keep-alive
 gateway-wN  the project's gateway (`gateway serve -c FILE [--workers N]`) with a realistic config:
             bcrypt API keys, CORS, metrics, access log at info, two backends, aliases
+gateway-noauth, gateway-nometrics, gateway-min
+            the same config with one change each (VARIANTS), to price each feature in the same run
 """
 from __future__ import annotations
 
@@ -29,6 +31,20 @@ REPO = os.path.dirname(HERE)
 CORS_ORIGINS = ["http://localhost:3000", "https://*.example.com"]
 ALIASES = {"gpt-4o-mini": "fake", "llama3": "llama3.2:3b"}
 OLLAMA_MODEL = "llama3.2:3b"  # routed to the gateway's second backend (type ollama)
+# The gateway's features as the bench's config sets them. gateway-wN runs FULL; each variant changes
+# only the keys listed (same backends, aliases, body limit, keys of the load).
+FULL: dict[str, Any] = {"auth": True, "cors": True, "metrics": True, "log_level": "info"}
+VARIANTS: dict[str, dict[str, Any]] = {
+    "gateway-noauth": {"auth": False},  # the `auth:` section removed
+    "gateway-nometrics": {"metrics": False},  # metrics: {enabled: false}
+    "gateway-min": {"auth": False, "cors": False, "metrics": False, "log_level": "warning"},  # the floor
+}
+
+
+def features_text(f: dict[str, Any]) -> str:
+    """What differs from FULL, e.g. "auth off, metrics off"; "full" when nothing does."""
+    diffs = [f"{k} off" if v is False else f"logging.level {v}" for k, v in f.items() if FULL.get(k) != v]
+    return ", ".join(diffs) or "full"
 
 
 @dataclass
@@ -40,6 +56,7 @@ class Target:
     notes: list[str] = field(default_factory=list)
     checks: dict[str, str] = field(default_factory=dict)
     log_path: str | None = None
+    features: dict[str, Any] = field(default_factory=dict)  # gateway only: FULL, or a VARIANTS change
 
 
 # ---------------------------------------------------------------- small HTTP helpers (stdlib only)
@@ -110,10 +127,10 @@ def start_backend(port: int, run_dir: str, cpus: str | None, tag: str) -> Proc |
     return "fake backend did not answer in 10 s"
 
 
-def start_bare(port: int, upstream: int, run_dir: str, cpus: str | None) -> Proc:
+def start_bare(port: int, upstream: int, run_dir: str, cpus: str | None, tag: str = "bare") -> Proc:
     return Proc("bare", [sys.executable, os.path.join(HERE, "bare_relay.py"), "--port", str(port),
                          "--upstream", f"http://127.0.0.1:{upstream}"],
-                os.path.join(run_dir, "bare.log"), cpus=cpus)
+                os.path.join(run_dir, f"{tag}.log"), cpus=cpus)
 
 
 NGINX_CONF = """# written by bench/run.py: one worker (the proxy gets one core), no buffering either way,
@@ -193,8 +210,15 @@ def q(s: str) -> str:
     return json.dumps(s)
 
 
-def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hashes: list[str]) -> str:
-    """A realistic config, keys exactly as in PRODUCT.md. The bench's key is the last of three."""
+def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hashes: list[str],
+                   features: dict[str, Any] | None = None) -> str:
+    """A realistic config, keys exactly as in PRODUCT.md. The bench's key is the last of three.
+
+    `features` (FULL by default) turns sections off for the variants: auth False drops `auth:`,
+    cors False drops `cors:`, metrics False writes `metrics: {enabled: false}`, log_level sets
+    `logging.level`.
+    """
+    f = dict(FULL, **(features or {}))
     up = f"http://127.0.0.1:{upstream}"
     lines = [
         "# written by bench/run.py for one benchmark run",
@@ -212,26 +236,31 @@ def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hash
         "    type: ollama",
         "    models: [{}]".format(", ".join(q(m) for m in ("llama3.2:*", "qwen2.5:*"))),
         "aliases:",
-    ] + [f"  {q(a)}: {q(m)}" for a, m in ALIASES.items()] + [
-        "auth:",
-        "  api_keys:",
-        "    - name: laptop",
-        f"      hash: {q(other_hashes[0])}",
-        '      models: ["*"]',
-        "    - name: phone",
-        f"      hash: {q(other_hashes[1])}",
-        '      models: ["llama3.2:*"]',
-        "    - name: bench",
-        f"      hash: {q(key_hash)}",
-        '      models: ["*"]',
-        "cors:",
-        "  allow_origins: [{}]".format(", ".join(q(o) for o in CORS_ORIGINS)),
-        "  max_age: 10m",
-        "metrics:",
-        "  enabled: true",
-        "  path: /metrics",
+    ] + [f"  {q(a)}: {q(m)}" for a, m in ALIASES.items()]
+    if f["auth"]:
+        lines += [
+            "auth:",
+            "  api_keys:",
+            "    - name: laptop",
+            f"      hash: {q(other_hashes[0])}",
+            '      models: ["*"]',
+            "    - name: phone",
+            f"      hash: {q(other_hashes[1])}",
+            '      models: ["llama3.2:*"]',
+            "    - name: bench",
+            f"      hash: {q(key_hash)}",
+            '      models: ["*"]',
+        ]
+    if f["cors"]:
+        lines += [
+            "cors:",
+            "  allow_origins: [{}]".format(", ".join(q(o) for o in CORS_ORIGINS)),
+            "  max_age: 10m",
+        ]
+    lines += ["metrics:", "  enabled: true", "  path: /metrics"] if f["metrics"] else ["metrics:", "  enabled: false"]
+    lines += [
         "logging:",
-        "  level: info",
+        f"  level: {f['log_level']}",
         "  format: text",
         "",
     ]
@@ -255,11 +284,11 @@ class GatewayFactory:
                                                     "sha256:" + hashlib.sha256(other.encode()).hexdigest()])
         return self._hashes
 
-    def write_config(self, port: int, upstream: int, tag: str) -> str:
+    def write_config(self, port: int, upstream: int, tag: str, features: dict[str, Any] | None = None) -> str:
         key_hash, others = self.hashes()
         path = os.path.join(self.run_dir, f"{tag}.yaml")
         with open(path, "w") as f:
-            f.write(gateway_config(port, upstream, self.key, key_hash, others))
+            f.write(gateway_config(port, upstream, self.key, key_hash, others, features))
         return path
 
     def version(self) -> str:
@@ -280,38 +309,51 @@ class GatewayFactory:
             return -1, str(e)
         return r.returncode, (r.stdout + r.stderr).strip()
 
-    def start(self, name: str, workers: int, port: int, upstream: int, cpus: str | None) -> Target | str:
+    def start(self, name: str, workers: int, port: int, upstream: int, cpus: str | None,
+              features: dict[str, Any] | None = None, tag: str = "") -> Target | str:
+        """Write the config and start `gateway serve`; `tag` names its files (default: the target's name)."""
         if self.argv is None:
             return "gateway not found: " + self.how
-        config = self.write_config(port, upstream, name)
+        tag = tag or name
+        config = self.write_config(port, upstream, tag, features)
         rc, out = self.check(config)
-        t = Target(name, port, key=self.key)
+        # The load sends the bench's key to every variant: with auth off the gateway ignores it, and
+        # the requests stay byte for byte the same as for the full config.
+        t = Target(name, port, key=self.key, features=dict(FULL, **(features or {})))
         if rc == 2:
             return "`gateway check` rejected the bench's config (exit 2):\n" + out[-1500:]
         last = out.splitlines()[-1][:200] if out else ""
         t.checks["gateway check -c"] = "ok" if rc == 0 else f"exit {rc} ({last})"
         argv = self.argv + ["serve", "-c", config] + (["--workers", str(workers)] if workers > 1 else [])
-        t.log_path = os.path.join(self.run_dir, f"{name}.log")
+        t.log_path = os.path.join(self.run_dir, f"{tag}.log")
         t.proc = Proc(name, argv, t.log_path, cpus=cpus, env=self.env, cwd=self.run_dir)
         t.notes.append("command: {} (found via {}); config: {}".format(" ".join(argv), self.how, config))
         return t
 
 
 def gateway_checks(t: Target) -> dict[str, str]:
-    """Cheap functional checks that the realistic config is really in force."""
+    """Cheap functional checks that the config (the full one, or a variant) is really in force."""
     out: dict[str, str] = {}
+    f = t.features or FULL
     status, _, _ = chat(t.port, "")
-    out["no key -> 401"] = "ok" if status == 401 else f"got {status}"
-    t0 = time.monotonic()
-    status, _, _ = chat(t.port, "sk-wrong-" + secrets.token_hex(8), timeout=30)
-    took = f"{(time.monotonic() - t0) * 1000:.0f} ms"
-    out["wrong key -> 401"] = f"ok, {took}" if status == 401 else f"got {status}, {took}"
+    if f["auth"]:
+        out["no key -> 401"] = "ok" if status == 401 else f"got {status}"
+        t0 = time.monotonic()
+        status, _, _ = chat(t.port, "sk-wrong-" + secrets.token_hex(8), timeout=30)
+        took = f"{(time.monotonic() - t0) * 1000:.0f} ms"
+        out["wrong key -> 401"] = f"ok, {took}" if status == 401 else f"got {status}, {took}"
+    else:
+        out["auth off: no key -> 200"] = "ok" if status == 200 else f"got {status}"
     status, hdrs, _ = http("OPTIONS", t.port, "/v1/chat/completions", headers={
         "Origin": CORS_ORIGINS[0], "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "authorization, content-type"})
     acao = hdrs.get("access-control-allow-origin")
-    out["CORS preflight"] = "ok" if status in (200, 204) and acao in (CORS_ORIGINS[0], "*") else (
-        f"got {status}, Access-Control-Allow-Origin={acao}")
+    if f["cors"]:
+        out["CORS preflight"] = "ok" if status in (200, 204) and acao in (CORS_ORIGINS[0], "*") else (
+            f"got {status}, Access-Control-Allow-Origin={acao}")
+    else:
+        out["CORS off: preflight refused"] = "ok" if acao is None else (
+            f"got {status}, Access-Control-Allow-Origin={acao}")
     status, _, body = chat(t.port, t.key, model="gpt-4o-mini")
     try:
         seen = json.loads(body).get("model") if status == 200 else None
@@ -320,8 +362,12 @@ def gateway_checks(t: Target) -> dict[str, str]:
     out["alias gpt-4o-mini"] = f"ok (backend saw {seen})" if status == 200 else f"got {status}"
     status, _, _ = chat(t.port, t.key, model=OLLAMA_MODEL, path="/api/chat")
     out["/api/chat -> ollama backend"] = "ok" if status == 200 else f"got {status}"
-    status, _, body = http("GET", t.port, "/metrics")
-    out["/metrics"] = "ok" if status == 200 and b"gateway_requests_total" in body else f"got {status}"
+    status, _, body = http("GET", t.port, "/metrics", headers=None if f["metrics"] else {
+        "Authorization": "Bearer " + t.key})  # off: a 404 past auth, not a 401
+    if f["metrics"]:
+        out["/metrics"] = "ok" if status == 200 and b"gateway_requests_total" in body else f"got {status}"
+    else:
+        out["metrics off: /metrics -> 404"] = "ok" if status == 404 else f"got {status}"
     return out
 
 
