@@ -44,6 +44,7 @@ from .proxy import add_proxy_routes
 from .record import RequestRecord
 from .routing import Router
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
+from .upstream import UpstreamPool
 
 __all__ = ["create_app", "public_paths", "reload_credentials"]
 
@@ -217,6 +218,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     state.discovery = discovery
     for backend in state.backends:
         on_health(backend)
+        if backend.config.url.scheme == "http":
+            backend.pool = UpstreamPool.from_url(backend.base)
     await asyncio.gather(discovery.refresh(force=True), *(discovery.probe(b) for b in state.backends))
     discovery.start()
     flusher = asyncio.create_task(_flush_logs_every(1.0))
@@ -226,6 +229,9 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         flusher.cancel()
         _flush_access_log()
         await discovery.stop()
+        for backend in state.backends:
+            if backend.pool is not None:
+                backend.pool.close()
         await session.close()
         if state.authenticator is not None:
             state.authenticator.close()

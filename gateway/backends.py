@@ -17,6 +17,7 @@ from yarl import URL
 
 from .config import BackendConfig
 from .errors import ServiceUnavailable, TooManyRequests
+from .upstream import UpstreamPool
 
 __all__ = ["Backend", "DiscoveredModel", "ollama_canonical"]
 
@@ -56,10 +57,13 @@ class Backend:
     _fail_streak: int = 0
     _slots: asyncio.Semaphore | None = None
     base: str = ""
+    prefix: str = ""
     client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
+    pool: UpstreamPool | None = None  # the lean keep-alive client for http:// backends (opened by the app)
 
     def __post_init__(self) -> None:
         self.base = str(self.config.url).rstrip("/")
+        self.prefix = self.config.url.raw_path.rstrip("/")  # a backend behind a path prefix keeps it
         # No total timeout: a stream may last as long as the model talks. Connect is bounded here;
         # first byte and idle gaps are enforced by the proxy's watchdog.
         self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect)

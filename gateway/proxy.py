@@ -38,12 +38,20 @@ from .headers import upstream_headers
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 from .streaming import relay
+from .upstream import (
+    UpstreamConnectError,
+    UpstreamConnectTimeout,
+    UpstreamDisconnected,
+    UpstreamProtocolError,
+    UpstreamResponse,
+)
 from .usage import UsageStripper, inject_usage, make_scanner
 
 __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 LARGE_BODY = 1 << 20
+Upstream = aiohttp.ClientResponse | UpstreamResponse
 BACKEND_HEADER = "X-Gateway-Backend"  # admin endpoints only: which Ollama receives a pull/create/blob
 
 
@@ -255,7 +263,7 @@ async def forward(
             elif request.content_type and body is not None:
                 headers["Content-Type"] = request.content_type
             try:
-                upstream = await open_upstream(state.session, backend, request, headers, payload_of(body), rec)
+                upstream = await open_upstream(state.session, backend, request, headers, body, rec)
             except GatewayError as exc:
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
@@ -315,18 +323,48 @@ async def open_upstream(
     backend: Backend,
     request: web.Request,
     headers: Any,
-    body: bytes | io.BytesIO | aiohttp.StreamReader | None,
+    body: bytes | aiohttp.StreamReader | None,
     rec: RequestRecord,
-) -> aiohttp.ClientResponse:
-    """Send the request and wait for the response head, mapping failures to 502/504."""
+) -> Upstream:
+    """Send the request and wait for the response head, mapping failures to 502/504.
+
+    Plain-HTTP backends go through the backend's lean keep-alive pool (``upstream.py``); HTTPS
+    backends and streamed uploads (blobs) through aiohttp's client.
+    """
     timeouts = backend.config.timeouts
     remaining = max(0.001, rec.start + timeouts.first_byte - asyncio.get_running_loop().time())
+    pool = backend.pool
+    if pool is not None and not isinstance(body, aiohttp.StreamReader):
+        try:
+            async with asyncio.timeout(remaining):
+                return await pool.request(
+                    request.method, backend.prefix + request.path_qs, headers, body, timeouts.connect
+                )
+        except UpstreamConnectTimeout:
+            rec.error = "connect"
+            raise GatewayTimeout(
+                f"backend '{backend.name}' did not accept a connection within {timeouts.connect:g}s"
+            ) from None
+        except TimeoutError:
+            rec.error = "timeout"
+            raise GatewayTimeout(
+                f"backend '{backend.name}' sent no response within {timeouts.first_byte:g}s (timeouts.first_byte)"
+            ) from None
+        except UpstreamConnectError as exc:
+            rec.error = "connect"
+            raise BadGateway(f"backend '{backend.name}' is unreachable: {exc}") from None
+        except UpstreamProtocolError as exc:
+            rec.error = "protocol"
+            raise BadGateway(f"backend '{backend.name}' sent an invalid response: {exc}") from None
+        except UpstreamDisconnected as exc:
+            rec.error = "reset"
+            raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
     try:
         async with asyncio.timeout(remaining):
             return await session.request(
                 request.method,
                 backend.url(request.path_qs),
-                data=body,
+                data=payload_of(body),
                 headers=headers,
                 timeout=backend.client_timeout,
                 allow_redirects=False,

@@ -19,12 +19,14 @@ from aiohttp import web
 from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_body
 from .headers import downstream_headers
 from .record import RequestRecord
+from .upstream import UpstreamError, UpstreamProtocolError, UpstreamResponse
 from .usage import UsageStripper
 
 __all__ = ["SMALL_BODY", "STREAM_TYPES", "Watchdog", "relay"]
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
-SMALL_BODY = 256 * 1024  # non-streamed bodies up to this size are read whole and sent in one write
+SMALL_BODY = 256 * 1024
+PROTOCOL_ERRORS = (aiohttp.ClientPayloadError, UpstreamProtocolError)  # non-streamed bodies up to this size are read whole and sent in one write
 
 
 class Watchdog:
@@ -39,7 +41,7 @@ class Watchdog:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        content: aiohttp.StreamReader,
+        content: aiohttp.StreamReader | UpstreamResponse,
         start: float,
         first_byte: float,
         idle: float,
@@ -78,7 +80,7 @@ def _at_boundary(last: bytes, sse: bool) -> bool:
 
 async def relay(
     request: web.Request,
-    upstream: aiohttp.ClientResponse,
+    upstream: aiohttp.ClientResponse | UpstreamResponse,
     rec: RequestRecord,
     *,
     dialect: Dialect,
@@ -109,7 +111,7 @@ async def relay(
         while True:
             try:
                 chunk = await content.readany()
-            except (aiohttp.ClientError, TimeoutError) as exc:
+            except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
                 await _abort(
                     request,
                     response,
@@ -156,7 +158,7 @@ async def relay(
 
 
 async def _whole(
-    upstream: aiohttp.ClientResponse,
+    upstream: aiohttp.ClientResponse | UpstreamResponse,
     rec: RequestRecord,
     headers: Any,
     watchdog: Watchdog,
@@ -166,11 +168,11 @@ async def _whole(
     all here, so a backend failure can still become a proper 502/504 in the endpoint's dialect."""
     try:
         body = await upstream.content.read()
-    except (aiohttp.ClientError, TimeoutError) as exc:
+    except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
         if watchdog.fired:
             rec.error = "timeout"
             raise GatewayTimeout("the backend stopped sending in the middle of the response") from None
-        rec.error = "protocol" if isinstance(exc, aiohttp.ClientPayloadError) else "reset"
+        rec.error = "protocol" if isinstance(exc, PROTOCOL_ERRORS) else "reset"
         raise BadGateway("the backend closed the connection in the middle of the response") from None
     finally:
         watchdog.cancel()
@@ -197,7 +199,7 @@ async def _abort(
         rec.error = "timeout"
         err = GatewayTimeout("the backend stopped sending for longer than its idle timeout")
     else:
-        rec.error = "protocol" if isinstance(exc, aiohttp.ClientPayloadError) else "reset"
+        rec.error = "protocol" if isinstance(exc, PROTOCOL_ERRORS) else "reset"
         err = BadGateway("the backend closed the connection in the middle of the response")
     if in_band:
         body = error_body(dialect, err)
