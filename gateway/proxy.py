@@ -242,7 +242,7 @@ async def forward(
     metrics = state.metrics
     dialect = dialect_for(spec.path)
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
-    error: GatewayError = ServiceUnavailable("no backend available")
+    error: GatewayError | None = None
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
@@ -308,7 +308,7 @@ async def forward(
             backend.release()
             if metrics is not None:
                 metrics.finished(backend.name)
-    raise error
+    raise error or ServiceUnavailable("no backend available")
 
 
 def payload_of(body: bytes | aiohttp.StreamReader | None) -> bytes | io.BytesIO | aiohttp.StreamReader | None:

@@ -403,7 +403,9 @@ class _JSONScanner(Scanner):
             self._usage.absorb_partial(self._head)
             self._usage.absorb_partial(self._buf)
         elif _has_any(self._buf, len(self._buf)):
-            self._usage.absorb_json(self._buf)
+            # Only the usage object is decoded (found by key), never the whole body: a chat
+            # completion's text or an embedding's vectors cost nothing to skip.
+            self._usage.absorb_partial(self._buf)
         self._buf.clear()
         self._head = b""
         self._over = False
