@@ -359,6 +359,8 @@ async def open_upstream(
         except UpstreamDisconnected as exc:
             rec.error = "reset"
             raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
+        except ValueError as exc:  # a header that cannot be written safely (e.g. CR/LF in a value)
+            raise BadRequest(f"the request cannot be forwarded: {exc}") from None
     try:
         async with asyncio.timeout(remaining):
             return await session.request(

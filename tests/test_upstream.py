@@ -648,7 +648,7 @@ async def test_connect_timeout() -> None:
         assert 0.04 < loop.time() - t0 < 1.0
         assert started.is_set() and cancelled.is_set()
     finally:
-        del loop.create_connection  # type: ignore[method-assign]
+        del loop.create_connection
     await settle(pool)
 
 
@@ -681,7 +681,7 @@ async def test_host_names_are_resolved_once_and_every_address_is_tried() -> None
                 await pool.request("GET", "/", [], None, TIMEOUT)
             await settle(pool)
     finally:
-        del loop.getaddrinfo  # type: ignore[method-assign]
+        del loop.getaddrinfo
 
 
 # Cancellation and watchdog
