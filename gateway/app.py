@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import secrets
+from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
@@ -216,6 +217,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     discovery = Discovery(session, state.backends, state.config.routing.discovery_interval, on_health)
     state.discovery = discovery
+    if metrics is not None:  # in-flight gauges read the backends' own counters when scraped
+        metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
         on_health(backend)
         if backend.config.url.scheme == "http":

@@ -21,7 +21,7 @@ import glob
 import math
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import prometheus_client
@@ -153,6 +153,7 @@ class Metrics:
         self._auth: dict[str, Any] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
         self._snapshot: tuple[float, dict[str, Any]] | None = None
+        self._followed = False
 
     # ----------------------------------------------------------------------- write side
 
@@ -210,14 +211,31 @@ class Metrics:
         self._route[key] = children
         return children
 
+    def follow_in_flight(self, counts: Mapping[str, Callable[[], float]]) -> bool:
+        """Read in-flight counts from the backends at scrape time instead of counting per request.
+
+        Only in single-process mode (multiprocess gauges live in files and need inc/dec); returns
+        whether it took effect, after which ``started``/``finished`` are no-ops.
+        """
+        if self.multiprocess_dir:
+            return False
+        for name, read in counts.items():
+            self.in_flight.labels(name).set_function(read)
+        self._followed = True
+        return True
+
     def started(self, backend: str) -> None:
         """A request to ``backend`` began (pair with ``finished``)."""
+        if self._followed:
+            return
         child = self._in_flight.get(backend)
         if child is None:
             child = self._in_flight[backend] = self.in_flight.labels(backend or NO_BACKEND)
         child.inc()
 
     def finished(self, backend: str) -> None:
+        if self._followed:
+            return
         child = self._in_flight.get(backend)
         if child is None:
             child = self._in_flight[backend] = self.in_flight.labels(backend or NO_BACKEND)
