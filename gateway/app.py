@@ -15,8 +15,8 @@ import logging
 import os
 import re
 import secrets
-from functools import partial
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 
 import aiohttp
 from aiohttp import web

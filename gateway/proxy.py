@@ -45,7 +45,7 @@ from .upstream import (
     UpstreamProtocolError,
     UpstreamResponse,
 )
-from .usage import UsageStripper, inject_usage, make_scanner
+from .usage import USAGE_ENDPOINTS, UsageStripper, inject_usage
 
 __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
@@ -285,9 +285,6 @@ async def forward(
                     metrics.upstream_error(backend.name, "status")
                 continue
             rec.error = ""
-            scanner = None
-            if metrics is not None:
-                scanner = make_scanner(spec.path, upstream.headers.get("Content-Type", ""))
             try:
                 return await relay(
                     request,
@@ -296,12 +293,10 @@ async def forward(
                     dialect=dialect,
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
-                    scan=scanner.feed if scanner is not None else None,
+                    count_usage=metrics is not None and spec.path in USAGE_ENDPOINTS,
                     transform=transform,
                 )
             finally:
-                if scanner is not None:
-                    scanner.finish(rec)
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
         finally:

@@ -10,7 +10,6 @@ clean, truncated 200. Nothing here writes an error body once the response is pre
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -20,13 +19,13 @@ from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_bod
 from .headers import downstream_headers
 from .record import RequestRecord
 from .upstream import UpstreamError, UpstreamProtocolError, UpstreamResponse
-from .usage import UsageStripper
+from .usage import UsageStripper, count_whole_body, make_scanner
 
 __all__ = ["SMALL_BODY", "STREAM_TYPES", "Watchdog", "relay"]
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
-SMALL_BODY = 256 * 1024
-PROTOCOL_ERRORS = (aiohttp.ClientPayloadError, UpstreamProtocolError)  # non-streamed bodies up to this size are read whole and sent in one write
+SMALL_BODY = 256 * 1024  # non-streamed bodies up to this size are read whole and sent in one write
+PROTOCOL_ERRORS = (aiohttp.ClientPayloadError, UpstreamProtocolError)
 
 
 class Watchdog:
@@ -86,10 +85,13 @@ async def relay(
     dialect: Dialect,
     first_byte: float,
     idle: float,
-    scan: Callable[[bytes], None] | None = None,
+    count_usage: bool = False,
     transform: UsageStripper | None = None,
 ) -> web.StreamResponse:
-    """Copy status, filtered headers and body bytes to the client as they arrive."""
+    """Copy status, filtered headers and body bytes to the client as they arrive.
+
+    With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``).
+    """
     content_type = upstream.headers.get("Content-Type", "")
     streamed = content_type.startswith(STREAM_TYPES)
     headers = downstream_headers(upstream.headers, streamed=streamed)
@@ -101,7 +103,9 @@ async def relay(
     watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
     length = upstream.content_length
     if not streamed and transform is None and length is not None and length <= SMALL_BODY:
-        return await _whole(upstream, rec, headers, watchdog, scan)
+        return await _whole(upstream, rec, headers, watchdog, count_usage)
+    scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
+    scan = scanner.feed if scanner is not None else None
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if not streamed and transform is None and length is not None:
         response.content_length = length  # exact, undecoded bytes: keep the length
@@ -154,6 +158,8 @@ async def relay(
         watchdog.cancel()
         upstream.close()
         rec.end = loop.time()
+        if scanner is not None:
+            scanner.finish(rec)
     return response
 
 
@@ -162,7 +168,7 @@ async def _whole(
     rec: RequestRecord,
     headers: Any,
     watchdog: Watchdog,
-    scan: Callable[[bytes], None] | None,
+    count_usage: bool,
 ) -> web.Response:
     """A small, complete (Content-Length) body: one read, one write. Nothing is sent before it is
     all here, so a backend failure can still become a proper 502/504 in the endpoint's dialect."""
@@ -178,8 +184,8 @@ async def _whole(
         watchdog.cancel()
         upstream.close()  # a no-op after a complete body: the connection went back to the pool
         rec.end = rec.first_byte = asyncio.get_running_loop().time()
-    if scan is not None:
-        scan(body)
+    if count_usage and upstream.headers.get("Content-Type", "").startswith("application/json"):
+        count_whole_body(body, rec)
     rec.bytes_out = len(body)
     return web.Response(status=upstream.status, reason=upstream.reason, headers=headers, body=body)
 

@@ -41,6 +41,7 @@ __all__ = [
     "USAGE_ENDPOINTS",
     "Scanner",
     "UsageStripper",
+    "count_whole_body",
     "inject_usage",
     "make_scanner",
 ]
@@ -410,6 +411,14 @@ class _JSONScanner(Scanner):
         self._head = b""
         self._over = False
         self._usage.write(rec)
+
+
+def count_whole_body(body: bytes, rec: RequestRecord) -> None:
+    """The counts in a complete, small JSON body, without a scanner object or a copy of the body."""
+    if _has_any(body, len(body)):
+        usage = _Usage()
+        usage.absorb_partial(body)
+        usage.write(rec)
 
 
 def make_scanner(path: str, content_type: str) -> Scanner | None:
