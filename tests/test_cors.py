@@ -14,7 +14,9 @@ ORIGIN = "https://app.example.com"
 KEY = "sk-gw-cors-0123456789abcdef0123456789abcdef"
 
 
-async def test_every_response_kind_carries_cors(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
+async def test_every_response_kind_carries_cors(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
     ok = await backend_factory("ok", models=["m:latest"], cors=True)  # the backend adds its own "*"
     broken = await backend_factory("broken", models=["bad:latest"], status=500)
     gw = await gateway_factory({
@@ -56,6 +58,8 @@ async def test_every_response_kind_carries_cors(backend_factory: BackendFactory,
         holder.close()
         # A disallowed origin: 403, no CORS headers at all, nothing forwarded.
         before = len(ok.requests)
-        async with http.post(f"{gw.url}/api/chat", json={"model": "m"}, headers={**auth, "Origin": "https://evil.test"}) as resp:
+        async with http.post(
+            f"{gw.url}/api/chat", json={"model": "m"}, headers={**auth, "Origin": "https://evil.test"}
+        ) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
         assert len(ok.requests) == before
