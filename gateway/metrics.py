@@ -32,6 +32,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.multiprocess import mark_process_dead as _mark_process_dead
 
 from .record import RequestRecord
+from .tally import Tally
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -106,27 +107,33 @@ class Metrics:
         else:
             self.registry = registry if registry is not None else CollectorRegistry()
             own = self.registry
+        # Single process: requests, latencies, tokens and speed are tallied in plain dicts and built
+        # into families at scrape time (tally.py); the instruments below then stay unregistered.
+        self._tally: Tally | None = None if multiprocess_dir else Tally(LATENCY_BUCKETS, TOKENS_PER_SECOND_BUCKETS)
+        per_request = None if self._tally is not None else own
 
         self.requests = Counter(
             "gateway_requests", "Requests answered, by backend, model, endpoint, status code and client.",
-            _REQUEST_LABELS, registry=own,
+            _REQUEST_LABELS, registry=per_request,
         )  # fmt: skip
         self.duration = Histogram(
             "gateway_request_duration_seconds", "Time from request arrival to the last byte relayed.",
-            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=own,
+            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=per_request,
         )  # fmt: skip
         self.ttfb = Histogram(
             "gateway_time_to_first_byte_seconds", "Time from request arrival to the first body byte relayed.",
-            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=own,
+            _ROUTE_LABELS, buckets=LATENCY_BUCKETS, registry=per_request,
         )  # fmt: skip
         self.tokens = Counter(
             "gateway_tokens", "Tokens reported by backends (kind: prompt or completion).",
-            ("backend", "model", "client", "kind"), registry=own,
+            ("backend", "model", "client", "kind"), registry=per_request,
         )  # fmt: skip
         self.generation_speed = Histogram(
             "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
-            ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=own,
+            ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=per_request,
         )  # fmt: skip
+        if self._tally is not None:
+            self.registry.register(self._tally)
         self.in_flight = Gauge(
             "gateway_in_flight_requests", "Requests currently being relayed to or from each backend.",
             ("backend",), registry=own, multiprocess_mode="livesum",
@@ -163,6 +170,10 @@ class Metrics:
         model = rec.model or UNKNOWN_MODEL
         if model not in self._models:
             model = self._admit(model)
+        tally = self._tally
+        if tally is not None:
+            self._tally_record(tally, rec, backend, model)
+            return
         key = (backend, model, rec.endpoint, rec.status, rec.client)
         children = self._route.get(key)
         if children is None:
@@ -194,6 +205,32 @@ class Metrics:
             if speed is None:
                 speed = self._speed[skey] = self.generation_speed.labels(*skey)
             speed.observe(count * 1e9 / ns)
+
+    @staticmethod
+    def _tally_record(tally: Tally, rec: RequestRecord, backend: str, model: str) -> None:
+        endpoint, client, start = rec.endpoint, rec.client, rec.start
+        key = (backend, model, endpoint, str(rec.status), client)
+        requests = tally.requests
+        requests[key] = requests.get(key, 0) + 1
+        route = (backend, model, endpoint)
+        if rec.end is not None:
+            tally.duration.observe(route, max(rec.end - start, 0.0))
+        else:
+            tally.duration.row(route)
+        if rec.first_byte is not None:
+            tally.ttfb.observe(route, max(rec.first_byte - start, 0.0))
+        else:
+            tally.ttfb.row(route)
+        prompt, completion = rec.prompt_tokens, rec.completion_tokens
+        if prompt or completion:  # both series appear together, as a pair of labelled children would
+            tokens = tally.tokens
+            k = (backend, model, client, "prompt")
+            tokens[k] = tokens.get(k, 0) + (prompt or 0)
+            k = (backend, model, client, "completion")
+            tokens[k] = tokens.get(k, 0) + (completion or 0)
+        count, ns = rec.eval_count, rec.eval_duration_ns
+        if count and ns:
+            tally.speed.observe((backend, model), count * 1e9 / ns)
 
     def _admit(self, model: str) -> str:
         if len(self._models) >= MAX_MODELS + 2:
@@ -271,6 +308,11 @@ class Metrics:
         wanted: Iterable[Metric]
         if self._collector is not None:
             wanted = self._collector.collect()  # type: ignore[no-untyped-call]
+        elif self._tally is not None:
+            wanted = (
+                *self._tally.collect(),
+                *(family for metric in (self.in_flight, self.up) for family in metric.collect()),
+            )
         else:
             wanted = (
                 family
