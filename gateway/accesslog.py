@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from functools import lru_cache
 from typing import Any, Literal
 
 from .record import RequestRecord
@@ -82,6 +83,7 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
+@lru_cache(maxsize=4096)  # names, models, addresses and paths repeat: escape each once
 def _value(text: str) -> str:
     """A logfmt value: ``-`` when empty; quoted, with escapes, when it holds a space, ``"``, ``=``,
     a backslash or a non-printable character (control characters, Unicode line separators)."""
@@ -98,6 +100,10 @@ def _value(text: str) -> str:
 
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(max(seconds, 0.0) * 1000, 1)
+
+
+def _ms_text(start: float, at: float | None) -> str:
+    return "-" if at is None else f"{max(at - start, 0.0) * 1000:.1f}"
 
 
 class AccessLog:
@@ -128,7 +134,6 @@ class AccessLog:
         """The line for ``rec`` (``now``: wall-clock time to print, default the current time)."""
         when = _timestamp(time.time() if now is None else now)
         path = rec.path.split("?", 1)[0]
-        ttfb, duration = _ms(rec.ttfb), _ms(rec.duration)
         if self._json:
             return json.dumps(
                 {
@@ -142,21 +147,23 @@ class AccessLog:
                     "backend": rec.backend or None,
                     "status": rec.status,
                     "bytes": rec.bytes_out,
-                    "ttfb_ms": ttfb,
-                    "duration_ms": duration,
+                    "ttfb_ms": _ms(rec.ttfb),
+                    "duration_ms": _ms(rec.duration),
                     "tokens_in": rec.prompt_tokens,
                     "tokens_out": rec.completion_tokens,
                     "error": rec.error or None,
                 },
                 ensure_ascii=False,
             )
+        tokens_in, tokens_out = rec.prompt_tokens, rec.completion_tokens
+        # The request id needs no escaping: the entry middleware admits only [A-Za-z0-9._:-] (app.py).
         line = (
-            f"time={when} id={_value(rec.request_id)} client={_value(rec.client)} remote={_value(rec.remote)} "
+            f"time={when} id={rec.request_id} client={_value(rec.client)} remote={_value(rec.remote)} "
             f"method={_value(rec.method)} path={_value(path)} model={_value(rec.model)} "
             f"backend={_value(rec.backend)} status={rec.status} bytes={rec.bytes_out} "
-            f"ttfb_ms={'-' if ttfb is None else ttfb} duration_ms={'-' if duration is None else duration} "
-            f"tokens_in={'-' if rec.prompt_tokens is None else rec.prompt_tokens} "
-            f"tokens_out={'-' if rec.completion_tokens is None else rec.completion_tokens}"
+            f"ttfb_ms={_ms_text(rec.start, rec.first_byte)} duration_ms={_ms_text(rec.start, rec.end)} "
+            f"tokens_in={'-' if tokens_in is None else tokens_in} "
+            f"tokens_out={'-' if tokens_out is None else tokens_out}"
         )
         if rec.error:
             line += f" error={_value(rec.error)}"

@@ -1,10 +1,10 @@
-"""``create_app(config)``: wires state, middlewares, routes and the lifecycle of one gateway.
+"""``create_app(config)``: wires state, the middleware, routes and the lifecycle of one gateway.
 
-Middleware order, outermost first: ``entry`` (request record, request id, client address,
-allowed hosts, the one error path, metrics and access log when the request is over), ``cors``
-(answers preflights before auth), ``auth``. Headers that must reach streamed and error responses
-alike (request id, CORS) are added in ``on_response_prepare``, the only place that sees every
-response before its head is sent.
+One middleware, ``entry`` (``make_entry_middleware``), does what every request needs in a fixed
+order: request record and id, client address, allowed hosts, the CORS gate (preflights answered
+before auth), authentication, the one error path, the request id and CORS headers on the
+response, metrics and the access log when the request is over. A streamed relay sends its head
+before ``entry`` sees the response, so ``streaming.relay`` adds those headers itself.
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 import aiohttp
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from .accesslog import AccessLog
 from .auth import Authenticator
 from .backends import Backend
 from .config import GatewayConfig
-from .cors import CorsPolicy, make_cors_middleware, make_cors_prepare_hook
+from .cors import CorsPolicy, make_cors_gate
 from .dashboard import DASHBOARD_PATH, add_dashboard_routes
 from .discovery import Discovery
 from .errors import (
@@ -82,6 +82,13 @@ def _aiohttp_error(exc: web.HTTPException) -> GatewayError:
 
 
 def make_entry_middleware(state: GatewayState) -> Middleware:
+    """The gateway's one middleware: everything every request needs, in order, with no extra layers.
+
+    Request record and id, client address, allowed hosts, the CORS gate (preflights are answered
+    before auth), authentication, then the handler; the one error path; the request id and CORS
+    headers on every response not yet sent (a streamed relay adds them itself before its head);
+    metrics and the access log when the request is over.
+    """
     config = state.config
     trusted = config.server.trusted_proxies
     allowed_hosts = frozenset(config.server.allowed_hosts)
@@ -89,6 +96,9 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
     probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
     # Probes, scrapes and the dashboard's polling are not traffic: keep them out of metrics and the access log.
     quiet_paths = probe_paths | {DASHBOARD_PATH, f"{DASHBOARD_PATH}/data"}
+    public = public_paths(config)
+    cors_gate = make_cors_gate(state.cors)
+    apply_cors = state.cors.apply_response_headers if state.cors.enabled else None
     metrics = state.metrics
     access_log = state.access_log
     id_prefix = secrets.token_hex(8)
@@ -97,32 +107,44 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
     @web.middleware
     async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
         loop = asyncio.get_running_loop()
-        rid = request.headers.get("X-Request-Id")
+        headers = request.headers
+        rid = headers.get("X-Request-Id")
         if rid is None or not _REQUEST_ID_RE.match(rid):
             rid = f"{id_prefix}{next(id_counter):016x}"  # unique, cheap (no urandom syscall per request)
-        remote, via_proxy = client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
-        rec = RequestRecord(rid, request.method, request.path, remote, via_proxy, loop.time())
+        remote, via_proxy = client_address(request.remote, headers.get("X-Forwarded-For"), trusted)
+        path = request.path
+        rec = RequestRecord(rid, request.method, path, remote, via_proxy, loop.time())
         request[RECORD] = rec
+        response: web.StreamResponse
         try:
             if (
                 allowed_hosts
-                and request.path not in probe_paths
+                and path not in probe_paths
                 and (request.host or "").rsplit(":", 1)[0].strip("[]").lower() not in allowed_hosts
             ):
                 raise Forbidden(f"host '{request.host}' is not in server.allowed_hosts")
+            preflight = cors_gate(request)
+            if preflight is not None:
+                rec.status = preflight.status
+                preflight.headers["X-Request-Id"] = rid
+                return preflight
+            authenticator = state.authenticator  # read per request: a reload swaps it whole
+            if authenticator is not None and path not in public:
+                principal = authenticator.cached(headers) or await authenticator.authenticate(headers, remote)
+                request[PRINCIPAL] = principal
+                rec.client = principal.name
             response = await handler(request)
             if not rec.status:
                 rec.status = response.status
-            if not response.prepared:  # streamed relays set it themselves before their head went out
-                response.headers["X-Request-Id"] = rid
-            return response
+            if response.prepared:  # a streamed relay: its head carried all of this already
+                return response
         except GatewayError as err:
             rec.status = err.status
-            return error_response(request.path, err, rid)
+            response = error_response(path, err, rid)
         except web.HTTPException as exc:
             converted = _aiohttp_error(exc)
             rec.status = converted.status
-            return error_response(request.path, converted, rid)
+            response = error_response(path, converted, rid)
         except asyncio.CancelledError:
             rec.status = 499
             rec.error = rec.error or "client_closed"
@@ -132,35 +154,22 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
             rec.error = rec.error or "client_closed"
             raise
         except Exception:
-            log.exception("unexpected error handling %s %s (request id %s)", request.method, request.path, rid)
+            log.exception("unexpected error handling %s %s (request id %s)", request.method, path, rid)
             rec.status = 500
-            return error_response(request.path, GatewayError(f"internal gateway error (request id {rid})"), rid)
+            response = error_response(path, GatewayError(f"internal gateway error (request id {rid})"), rid)
         finally:
             if rec.end is None:
                 rec.end = loop.time()
-            if request.path not in quiet_paths:
+            if path not in quiet_paths:
                 if metrics is not None:
                     metrics.record(rec)
                 access_log.log(rec)
+        response.headers["X-Request-Id"] = rid
+        if apply_cors is not None:
+            apply_cors(response.headers, headers.get(hdrs.ORIGIN))
+        return response
 
     return entry
-
-
-def make_auth_middleware(state: GatewayState) -> Middleware:
-    public = public_paths(state.config)
-
-    @web.middleware
-    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
-        authenticator = state.authenticator  # read per request: a reload swaps it whole
-        if authenticator is None or request.path in public:
-            return await handler(request)
-        rec = request[RECORD]
-        principal = await authenticator.authenticate(request.headers, rec.remote)
-        request[PRINCIPAL] = principal
-        rec.client = principal.name
-        return await handler(request)
-
-    return auth
 
 
 def build_state(config: GatewayConfig) -> GatewayState:
@@ -260,15 +269,9 @@ def create_app(config: GatewayConfig) -> web.Application:
     state = build_state(config)
     app = web.Application(
         client_max_size=config.server.max_body_size,
-        middlewares=[
-            make_entry_middleware(state),
-            make_cors_middleware(state.cors),
-            make_auth_middleware(state),
-        ],
+        middlewares=[make_entry_middleware(state)],
     )
     app[STATE] = state
-    if state.cors.enabled:  # without CORS, backend CORS headers are already dropped by headers.py
-        app.on_response_prepare.append(make_cors_prepare_hook(state.cors))
     app.cleanup_ctx.append(_lifecycle)
     add_proxy_routes(app)
     add_listing_routes(app)

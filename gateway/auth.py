@@ -40,6 +40,8 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, Literal, NoReturn, TypeVar
 
+from multidict import CIMultiDictProxy
+
 from .config import AuthConfig, RateLimits
 from .credentials import Credential, extract_credential, model_allowed
 from .errors import TooManyRequests, Unauthorized
@@ -236,6 +238,7 @@ class Authenticator:
         self._dummy: Candidates = ((f"$2b${cost:02d}${_DUMMY_TAIL}", None),)
         self._challenge = f'Basic realm="{REALM}", charset="UTF-8"' if self._users else f'Bearer realm="{REALM}"'
         self._cache: _TtlCache[Principal] = _TtlCache(tuning.cache_size, tuning.cache_ttl, clock)
+        self._by_header: _TtlCache[Principal] = _TtlCache(tuning.cache_size, tuning.cache_ttl, clock)
         self._negative: _TtlCache[bool] = _TtlCache(tuning.negative_cache_size, tuning.negative_cache_ttl, clock)
         self._budget = _FailureBudget(tuning.failure_burst, tuning.failure_refill, tuning.max_sources, clock)
         self._inflight: dict[bytes, asyncio.Future[Principal | None]] = {}
@@ -259,10 +262,34 @@ class Authenticator:
         """The ``WWW-Authenticate`` value sent with every 401."""
         return self._challenge
 
-    async def authenticate(self, headers: Mapping[str, str], remote: str) -> Principal:
-        """The caller's Principal; raises Unauthorized (401) or TooManyRequests (429)."""
+    def cached(self, headers: Mapping[str, str]) -> Principal | None:
+        """The Principal of an Authorization header accepted before, or None: the fast path.
+
+        A client that keeps sending the same accepted header costs one keyed digest of its value
+        and one cache lookup, no parsing. Only for one Authorization header on aiohttp's headers.
+        """
         if not self._enabled:
             return ANONYMOUS
+        if type(headers) is CIMultiDictProxy and (header := headers.get("Authorization")) is not None:
+            known = self._by_header.get(self._header_tag(header))
+            if known is not None and len(headers.getall("Authorization")) == 1:
+                return known
+        return None
+
+    async def authenticate(self, headers: Mapping[str, str], remote: str) -> Principal:
+        """The caller's Principal; raises Unauthorized (401) or TooManyRequests (429)."""
+        known = self.cached(headers)
+        if known is not None:
+            return known
+        principal, cred = await self._authenticate(headers, remote)
+        if cred.source == "Authorization" and type(headers) is CIMultiDictProxy:
+            self._by_header.put(self._header_tag(headers["Authorization"]), principal)
+        return principal
+
+    def _header_tag(self, header: str) -> bytes:
+        return hashlib.blake2b(_utf8(header), key=self._tag_key, digest_size=32, person=b"header").digest()
+
+    async def _authenticate(self, headers: Mapping[str, str], remote: str) -> tuple[Principal, Credential]:
         cred = extract_credential(headers)
         if cred is None:
             basic = " or HTTP Basic credentials" if self._users else ""
@@ -274,11 +301,11 @@ class Authenticator:
             digest = hashlib.sha256(secret).digest()
             found = self._sha256.get(digest)
             if found is not None and hmac.compare_digest(found[0], digest):
-                return found[1]
+                return found[1], cred
         tag = self._tag(cred, secret)
         principal = self._cache.get(tag)
         if principal is not None:
-            return principal
+            return principal, cred
         source = source_key(remote)
         wait = self._budget.retry_after(source)
         if wait is not None:
@@ -287,7 +314,7 @@ class Authenticator:
         if not candidates or self._negative.get(tag) is not None:
             self._budget.take(source)
             self._invalid(cred)
-        return await self._verify_slow(cred, tag, source, candidates)
+        return await self._verify_slow(cred, tag, source, candidates), cred
 
     def close(self) -> None:
         """Stop the pool's threads once queued checks finish; later bcrypt checks get a 429."""

@@ -8,15 +8,18 @@ property-tested as a pure function.
 
 The aiohttp glue lives here too:
 
-* ``make_cors_middleware`` answers preflights itself (before auth; an ``OPTIONS`` is never
-  forwarded upstream) and rejects actual requests from a cross-site ``Origin`` that is not
-  allowlisted with 403, as Ollama does: CORS only stops the *reading* of a response, and a "simple"
-  cross-site POST (``text/plain`` body, no preflight) would otherwise still reach the GPU.
-* ``make_cors_prepare_hook`` is an ``on_response_prepare`` hook, not a middleware, because that is
-  the one place every response passes — handler results, streamed relays, error pages rendered by
-  an outer middleware, and aiohttp's own 404/405/500 — and it runs just before headers are sent.
-  It drops any ``Access-Control-*`` header a backend sent (vLLM adds ``*`` by default; two
-  ``Access-Control-Allow-Origin`` values make browsers reject the response) and merges ``Vary``.
+* ``make_cors_gate`` answers preflights itself (before auth; an ``OPTIONS`` is never forwarded
+  upstream) and rejects actual requests from a cross-site ``Origin`` that is not allowlisted with
+  403, as Ollama does: CORS only stops the *reading* of a response, and a "simple" cross-site POST
+  (``text/plain`` body, no preflight) would otherwise still reach the GPU.
+* ``CorsPolicy.apply_response_headers`` puts the gateway's headers on a response about to be sent,
+  after dropping any ``Access-Control-*`` a backend sent (vLLM adds ``*`` by default; two
+  ``Access-Control-Allow-Origin`` values make browsers reject the response), and merges ``Vary``.
+  The gateway calls both from its one entry middleware (``app.py``) and from the relay, before a
+  stream's head goes out: no extra middleware layer or signal per request.
+* ``make_cors_middleware`` and ``make_cors_prepare_hook`` wire the same two into any aiohttp app
+  (a middleware, and an ``on_response_prepare`` hook that every response passes), which is how
+  the tests exercise this module on its own.
 
 Origin patterns (``cors.allow_origins``):
 
@@ -56,6 +59,7 @@ __all__ = [
     "MAX_AGE_CAP",
     "CorsPolicy",
     "is_preflight",
+    "make_cors_gate",
     "make_cors_middleware",
     "make_cors_prepare_hook",
 ]
@@ -74,6 +78,7 @@ _ACEH = "Access-Control-Expose-Headers"
 _ACAPN = "Access-Control-Allow-Private-Network"
 _ACRPN = "Access-Control-Request-Private-Network"
 _PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
+_RESPONSE_CORS_NAMES = (_ACAO, _ACAC, _ACAM, _ACAH, _ACMA, _ACEH, _ACAPN)
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 _TOKEN_RE = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")  # RFC 9110 field-name token
@@ -238,9 +243,14 @@ class CorsPolicy:
         return result
 
     def apply_response_headers(self, headers: CIMultiDict[str], origin: str | None) -> None:
-        """Replace any ``Access-Control-*`` in ``headers`` (a backend's, relayed) with ours; merge ``Vary``."""
-        for name in {k.lower() for k in headers.keys() if k[:15].lower() == "access-control-"}:
-            headers.popall(name)
+        """Replace the ``Access-Control-*`` response headers in ``headers`` with ours; merge ``Vary``.
+
+        Relayed backend headers reach here without any ``Access-Control-*`` (``headers.py`` drops
+        them); removing the standard names again keeps this function safe on its own.
+        """
+        for name in _RESPONSE_CORS_NAMES:
+            if name in headers:
+                headers.popall(name)
         ours = self.response_headers(origin)
         if not ours:
             return
@@ -249,7 +259,10 @@ class CorsPolicy:
             if name != hdrs.VARY:
                 headers[name] = value
         if vary is not None:
-            existing = headers.getall(hdrs.VARY, [])
+            existing = headers.getall(hdrs.VARY, None)
+            if existing is None:
+                headers[hdrs.VARY] = vary
+                return
             tokens = _vary_tokens([*existing, vary])
             headers[hdrs.VARY] = "*" if "*" in tokens else ", ".join(tokens)
 
@@ -280,13 +293,16 @@ def _same_origin(origin: str, host: str | None) -> bool:
     return authority == host
 
 
-def make_cors_middleware(policy: CorsPolicy) -> Middleware:
-    """Preflights answered here (204, or 403 without CORS headers); cross-site unlisted origins get 403."""
+Gate = Callable[[web.BaseRequest], web.Response | None]
+
+
+def make_cors_gate(policy: CorsPolicy) -> Gate:
+    """The request side: a preflight's answer (204, or 403 without CORS headers), a raised 403 for
+    a cross-site ``Origin`` that is not allowed, or None to let the request go on (to auth)."""
     no_cors_vary = MappingProxyType({hdrs.VARY: _PREFLIGHT_VARY})
     bare_options = MappingProxyType({hdrs.ALLOW: ALLOW_METHODS})
 
-    @web.middleware
-    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    def cors_gate(request: web.BaseRequest) -> web.Response | None:
         headers = request.headers
         origin = headers.get(hdrs.ORIGIN)
         if request.method == hdrs.METH_OPTIONS:
@@ -305,7 +321,19 @@ def make_cors_middleware(policy: CorsPolicy) -> Middleware:
         if origin is not None and not policy.allowed(origin) and not _same_origin(origin, headers.get(hdrs.HOST)):
             shown = origin if len(origin) <= 200 else origin[:200] + "..."
             raise Forbidden(f"origin {shown!r} is not allowed by the gateway's cors.allow_origins")
-        return await handler(request)
+        return None
+
+    return cors_gate
+
+
+def make_cors_middleware(policy: CorsPolicy) -> Middleware:
+    """``make_cors_gate`` as a middleware, for apps that use this module on its own."""
+    gate = make_cors_gate(policy)
+
+    @web.middleware
+    async def cors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        answer = gate(request)
+        return answer if answer is not None else await handler(request)
 
     return cors_middleware
 

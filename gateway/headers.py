@@ -43,17 +43,13 @@ DROP_UPSTREAM: frozenset[str] = HOP_BY_HOP | frozenset(
     )
 )  # fmt: skip
 
-# Never relayed downstream: framing is aiohttp's, CORS and Vary are the gateway's, auth challenges
-# from the backend would blame the client's key, cookies and server identity are the backend's business.
+# Never relayed downstream: framing is aiohttp's, CORS (every ``access-control-*``) and Vary are the
+# gateway's, auth challenges from the backend would blame the client's key, cookies and server
+# identity are the backend's business.
 DROP_DOWNSTREAM: frozenset[str] = HOP_BY_HOP | frozenset(
-    h
-    for h in (
-        "content-length", "www-authenticate", "set-cookie", "server", "date", "vary",
-        "access-control-allow-origin", "access-control-allow-credentials", "access-control-allow-methods",
-        "access-control-allow-headers", "access-control-expose-headers", "access-control-max-age",
-        "access-control-allow-private-network",
-    )
-)  # fmt: skip
+    ("content-length", "www-authenticate", "set-cookie", "server", "date", "vary")
+)
+CORS_PREFIX = "access-control-"
 
 VIA = "1.1 local-llm-gateway"
 
@@ -65,13 +61,14 @@ def _connection_tokens(headers: Mapping[str, str]) -> frozenset[str]:
     return frozenset(token.strip().lower() for token in value.split(",") if token.strip())
 
 
-def _without(headers: Mapping[str, str], drop: frozenset[str]) -> CIMultiDict[str]:
-    """A copy without the ``drop`` headers and those the ``Connection`` header names (RFC 9110 §7.6.1)."""
+def _without(headers: Mapping[str, str], drop: frozenset[str], prefix: str = "\0") -> CIMultiDict[str]:
+    """A copy without the ``drop`` headers, names starting with ``prefix``, and those the
+    ``Connection`` header names (RFC 9110 §7.6.1)."""
     named = _connection_tokens(headers)
     out: CIMultiDict[str] = CIMultiDict()
     for name, value in headers.items():
         lowered = name.lower()
-        if lowered in drop or (named and lowered in named):
+        if lowered in drop or (named and lowered in named) or lowered.startswith(prefix):
             continue
         out.add(name, value)
     return out
@@ -106,7 +103,7 @@ def upstream_headers(
 
 def downstream_headers(headers: CIMultiDictProxy[str], *, streamed: bool) -> CIMultiDict[str]:
     """The backend response headers to relay to the client."""
-    out = _without(headers, DROP_DOWNSTREAM)
+    out = _without(headers, DROP_DOWNSTREAM, CORS_PREFIX)
     if streamed:
         out["Cache-Control"] = "no-cache"
         out["X-Accel-Buffering"] = "no"

@@ -295,6 +295,7 @@ async def forward(
                     idle=backend.config.timeouts.idle,
                     count_usage=metrics is not None and spec.path in USAGE_ENDPOINTS,
                     transform=transform,
+                    cors=state.cors if state.cors.enabled else None,
                 )
             finally:
                 if rec.error and metrics is not None:

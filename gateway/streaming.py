@@ -15,6 +15,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
+from .cors import CorsPolicy
 from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_body
 from .headers import downstream_headers
 from .record import RequestRecord
@@ -87,10 +88,13 @@ async def relay(
     idle: float,
     count_usage: bool = False,
     transform: UsageStripper | None = None,
+    cors: CorsPolicy | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive.
 
     With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``).
+    A response that is not streamed is returned unsent, for the entry middleware to finish; a
+    streamed one gets its request id and ``cors`` headers here, before its head goes out.
     """
     content_type = upstream.headers.get("Content-Type", "")
     streamed = content_type.startswith(STREAM_TYPES)
@@ -106,6 +110,8 @@ async def relay(
         return await _whole(upstream, rec, headers, watchdog, count_usage)
     scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
     scan = scanner.feed if scanner is not None else None
+    if cors is not None:
+        cors.apply_response_headers(headers, request.headers.get("Origin"))
     response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
     if not streamed and transform is None and length is not None:
         response.content_length = length  # exact, undecoded bytes: keep the length

@@ -179,6 +179,12 @@ class _Usage:
         The last occurrence wins: usage and Ollama's counts follow the (long) content they describe.
         """
         data = bytes(data)
+        if data.find(_USAGE) >= 0:
+            self._usage_by_key(data)
+        if data.find(_EVAL) >= 0:
+            self._ollama_by_key(data)
+
+    def _usage_by_key(self, data: bytes) -> None:
         end = len(data)
         while (i := data.rfind(_USAGE, 0, end)) >= 0:
             end = i
@@ -192,7 +198,9 @@ class _Usage:
                 continue
             if isinstance(obj, dict):
                 self.usage(obj)
-                break
+                return
+
+    def _ollama_by_key(self, data: bytes) -> None:
         found: list[int | None] = []
         for key in (b'"prompt_eval_count"', b'"eval_count"', b'"eval_duration"'):
             i = data.rfind(key)
@@ -415,10 +423,9 @@ class _JSONScanner(Scanner):
 
 def count_whole_body(body: bytes, rec: RequestRecord) -> None:
     """The counts in a complete, small JSON body, without a scanner object or a copy of the body."""
-    if _has_any(body, len(body)):
-        usage = _Usage()
-        usage.absorb_partial(body)
-        usage.write(rec)
+    usage = _Usage()
+    usage.absorb_partial(body)
+    usage.write(rec)
 
 
 def make_scanner(path: str, content_type: str) -> Scanner | None:

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 import yaml
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth import ANONYMOUS, Authenticator, AuthTuning, Principal, source_key
 from gateway.config import ApiKeyConfig, AuthConfig, BasicUserConfig, RateLimits, parse_config
@@ -247,6 +248,39 @@ async def test_success_is_cached_until_ttl(env: Env) -> None:
     env.clock.now += 2  # past the 300 s lifetime
     await env(bearer(MEMO_KEY))
     assert len(env.verify.calls) == 3
+
+
+def wire(*pairs: tuple[str, str]) -> CIMultiDictProxy[str]:
+    """Headers as aiohttp hands them to the gateway (the fast path only serves those)."""
+    return CIMultiDictProxy(CIMultiDict(pairs))
+
+
+async def test_accepted_authorization_header_takes_the_fast_path_until_ttl(env: Env) -> None:
+    headers = wire(("Authorization", f"Bearer {MEMO_KEY}"))
+    assert env.auth.cached(headers) is None  # never seen: no shortcut
+    assert await env.auth.authenticate(headers, "192.0.2.1") == MEMO
+    assert env.auth.cached(headers) == MEMO
+    assert env.auth.cached(wire(("Authorization", f"Bearer {MEMO_KEY}x"))) is None
+    env.clock.now += 301  # the fast path ages out with the credential cache
+    assert env.auth.cached(headers) is None
+    assert await env.auth.authenticate(headers, "192.0.2.1") == MEMO
+    assert len(env.verify.calls) == 2
+
+
+async def test_fast_path_refuses_a_second_differing_authorization_header(env: Env) -> None:
+    good = ("Authorization", f"Bearer {MEMO_KEY}")
+    await env.auth.authenticate(wire(good), "192.0.2.1")
+    twice = wire(good, ("Authorization", "Bearer sk-other"))
+    assert env.auth.cached(twice) is None
+    with pytest.raises(Unauthorized):
+        await env.auth.authenticate(twice, "192.0.2.1")
+
+
+async def test_fast_path_only_remembers_credentials_read_from_authorization(env: Env) -> None:
+    headers = wire(("Authorization", "Bearer "), ("x-api-key", MEMO_KEY))  # empty bearer: x-api-key is used
+    assert await env.auth.authenticate(headers, "192.0.2.1") == MEMO
+    assert env.auth.cached(headers) is None
+    assert env.auth.cached(wire(("Authorization", "Bearer "))) is None
 
 
 async def test_cache_is_bounded(envs: list[Env]) -> None:

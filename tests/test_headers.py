@@ -113,3 +113,18 @@ def test_no_hop_by_hop_or_connection_named_header_survives(pairs: list[tuple[str
                 "x-forwarded-for", "x-forwarded-proto", "via", "x-request-id", "accept-encoding",
                 "cache-control", "x-accel-buffering",
             }  # fmt: skip
+
+
+def test_every_backend_access_control_header_is_dropped_downstream() -> None:
+    raw: CIMultiDict[str] = CIMultiDict(
+        [
+            ("Access-Control-Allow-Origin", "*"),
+            ("access-control-allow-credentials", "true"),
+            ("Access-Control-Future-Thing", "x"),  # not a name the gateway knows: still the gateway's business
+            ("Content-Type", "text/event-stream"),
+            ("X-Access-Control-Note", "kept"),
+        ]
+    )
+    out = downstream_headers(CIMultiDictProxy(raw), streamed=True)
+    assert [n.lower() for n in out if n.lower().startswith("access-control-")] == []
+    assert out["Content-Type"] == "text/event-stream" and out["X-Access-Control-Note"] == "kept"
