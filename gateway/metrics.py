@@ -261,6 +261,11 @@ class Metrics:
         self._followed = True
         return True
 
+    @property
+    def counts_in_flight(self) -> bool:
+        """Whether ``started``/``finished`` must be called (not when the gauges read the backends)."""
+        return not self._followed
+
     def started(self, backend: str) -> None:
         """A request to ``backend`` began (pair with ``finished``)."""
         if self._followed:

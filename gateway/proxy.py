@@ -240,6 +240,7 @@ async def forward(
     assert state.session is not None
     config = state.config
     metrics = state.metrics
+    in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     dialect = dialect_for(spec.path)
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
     error: GatewayError | None = None
@@ -247,8 +248,8 @@ async def forward(
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
         await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
-        if metrics is not None:
-            metrics.started(backend.name)
+        if in_flight is not None:
+            in_flight.started(backend.name)
         try:
             headers = upstream_headers(
                 request.headers,
@@ -302,8 +303,8 @@ async def forward(
                     metrics.upstream_error(backend.name, rec.error)
         finally:
             backend.release()
-            if metrics is not None:
-                metrics.finished(backend.name)
+            if in_flight is not None:
+                in_flight.finished(backend.name)
     raise error or ServiceUnavailable("no backend available")
 
 
@@ -328,14 +329,13 @@ async def open_upstream(
     backends and streamed uploads (blobs) through aiohttp's client.
     """
     timeouts = backend.config.timeouts
-    remaining = max(0.001, rec.start + timeouts.first_byte - asyncio.get_running_loop().time())
+    deadline = rec.start + timeouts.first_byte
     pool = backend.pool
     if pool is not None and not isinstance(body, aiohttp.StreamReader):
         try:
-            async with asyncio.timeout(remaining):
-                return await pool.request(
-                    request.method, backend.prefix + request.path_qs, headers, body, timeouts.connect
-                )
+            return await pool.request(
+                request.method, backend.prefix + request.path_qs, headers, body, timeouts.connect, deadline
+            )
         except UpstreamConnectTimeout:
             rec.error = "connect"
             raise GatewayTimeout(
@@ -358,7 +358,7 @@ async def open_upstream(
         except ValueError as exc:  # a header that cannot be written safely (e.g. CR/LF in a value)
             raise BadRequest(f"the request cannot be forwarded: {exc}") from None
     try:
-        async with asyncio.timeout(remaining):
+        async with asyncio.timeout_at(deadline):
             return await session.request(
                 request.method,
                 backend.url(request.path_qs),

@@ -625,7 +625,9 @@ class _Connection(asyncio.Protocol):
 
     # The sending side
 
-    async def send(self, data: bytes, body: bytes | None, head_only: bool) -> UpstreamResponse:
+    async def send(
+        self, data: bytes, body: bytes | None, head_only: bool, deadline: float | None = None
+    ) -> UpstreamResponse:
         transport = self.transport
         assert transport is not None and self.state == _IDLE
         self.state = _HEAD
@@ -638,6 +640,8 @@ class _Connection(asyncio.Protocol):
         assert pool._loop is not None
         waiter: asyncio.Future[UpstreamResponse] = pool._loop.create_future()
         self.head_waiter = waiter
+        # One timer for the head, not an asyncio.timeout() context per request.
+        timer = None if deadline is None else pool._loop.call_at(deadline, self._head_overdue, waiter)
         try:
             transport.write(data)
             if body is not None:
@@ -655,8 +659,17 @@ class _Connection(asyncio.Protocol):
                 self._close()
             raise
         finally:
+            if timer is not None:
+                timer.cancel()
             if self.head_waiter is waiter:  # never another request's (see _start_body)
                 self.head_waiter = None
+
+    def _head_overdue(self, waiter: asyncio.Future[UpstreamResponse]) -> None:
+        """The deadline passed before the response head: the request fails with TimeoutError."""
+        if self.head_waiter is waiter and not waiter.done():
+            self.head_waiter = None
+            waiter.set_exception(TimeoutError())
+            self._close()
 
 
 class UpstreamPool:
@@ -736,9 +749,11 @@ class UpstreamPool:
         headers: Mapping[str, str] | Iterable[tuple[str, str]],
         body: bytes | None,
         connect_timeout: float,
+        deadline: float | None = None,
     ) -> UpstreamResponse:
         """Send a request and return once the response head arrived (the body follows via ``readany``).
 
+        ``deadline`` (loop time) bounds everything up to the head: TimeoutError when it passes.
         Raises ``UpstreamConnectError``/``UpstreamConnectTimeout`` when no connection could be made,
         ``UpstreamDisconnected`` when the backend closed it before the head, ``UpstreamProtocolError``
         on a malformed response, ``ValueError`` on a request that cannot be written safely.
@@ -753,13 +768,17 @@ class UpstreamPool:
         conn = self._take(loop)
         if conn is not None:
             try:
-                return await conn.send(data, big_body, head_only)
+                return await conn.send(data, big_body, head_only, deadline)
             except UpstreamDisconnected as exc:
                 if not exc.nothing_received:
                     raise
             # The backend closed this idle connection as we reused it: once more on a fresh one.
-        conn = await self._connect(loop, connect_timeout)
-        return await conn.send(data, big_body, head_only)
+        if deadline is None:
+            conn = await self._connect(loop, connect_timeout)
+        else:
+            async with asyncio.timeout_at(deadline):
+                conn = await self._connect(loop, connect_timeout)
+        return await conn.send(data, big_body, head_only, deadline)
 
     def close(self) -> None:
         """Close every connection; later requests raise RuntimeError."""

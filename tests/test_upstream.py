@@ -711,6 +711,33 @@ async def test_cancelling_the_wait_for_the_head_closes_the_connection() -> None:
 
 
 @both_loops
+async def test_a_head_past_its_deadline_is_a_timeout_and_closes_the_connection() -> None:
+    closed: asyncio.Event = asyncio.Event()
+
+    async def handler(peer: Peer) -> None:
+        while await peer.read_request() is not None:  # answers the first request only
+            if peer.server.requests[1:]:
+                break
+            await peer.send(ok(b"fast"))
+        await peer.wait_eof()
+        closed.set()
+
+    async with RawServer(handler) as server:
+        pool = server.pool()
+        loop = asyncio.get_running_loop()
+        # A deadline that is met costs nothing and leaves the connection reusable.
+        response = await pool.request("GET", "/a", [], None, TIMEOUT, loop.time() + STEP)
+        assert await response.read() == b"fast"
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await pool.request("GET", "/b", [], None, TIMEOUT, started + 0.2)
+        assert 0.15 <= loop.time() - started < STEP
+        await asyncio.wait_for(closed.wait(), STEP)  # the backend sees the close: the GPU stops
+        assert server.connections == 1 and pool.open_count == 0
+        await settle(pool)
+
+
+@both_loops
 async def test_cancelling_a_body_read_closes_the_connection() -> None:
     closed: asyncio.Event = asyncio.Event()
 
