@@ -104,10 +104,13 @@ async def relay(
     rec.status = upstream.status
     loop = asyncio.get_running_loop()
     content = upstream.content
-    watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
     length = upstream.content_length
     if not streamed and transform is None and length is not None and length <= SMALL_BODY:
+        # A body already received in full (the usual small JSON answer) needs no timer.
+        complete = isinstance(upstream, UpstreamResponse) and upstream.complete
+        watchdog = None if complete else Watchdog(loop, content, rec.start, first_byte, idle)
         return await _whole(upstream, rec, headers, watchdog, count_usage)
+    watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
     scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
     scan = scanner.feed if scanner is not None else None
     if cors is not None:
@@ -173,7 +176,7 @@ async def _whole(
     upstream: aiohttp.ClientResponse | UpstreamResponse,
     rec: RequestRecord,
     headers: Any,
-    watchdog: Watchdog,
+    watchdog: Watchdog | None,
     count_usage: bool,
 ) -> web.Response:
     """A small, complete (Content-Length) body: one read, one write. Nothing is sent before it is
@@ -181,13 +184,14 @@ async def _whole(
     try:
         body = await upstream.content.read()
     except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
-        if watchdog.fired:
+        if watchdog is not None and watchdog.fired:
             rec.error = "timeout"
             raise GatewayTimeout("the backend stopped sending in the middle of the response") from None
         rec.error = "protocol" if isinstance(exc, PROTOCOL_ERRORS) else "reset"
         raise BadGateway("the backend closed the connection in the middle of the response") from None
     finally:
-        watchdog.cancel()
+        if watchdog is not None:
+            watchdog.cancel()
         upstream.close()  # a no-op after a complete body: the connection went back to the pool
         rec.end = rec.first_byte = asyncio.get_running_loop().time()
     if count_usage and upstream.headers.get("Content-Type", "").startswith("application/json"):
