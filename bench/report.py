@@ -297,7 +297,8 @@ class Run:
         def short(n: str) -> str:
             return "full" if n == full else n.removeprefix("gateway-")
 
-        for a, b, goal in ((full, "gateway-noauth", 0.9), (full, "gateway-nometrics", 0.9), (full, "gateway-min", None),
+        for a, b, goal in ((full, "gateway-noauth", 0.9), (full, "gateway-nometrics", 0.9),
+                           (full, "gateway-nocors", None), (full, "gateway-nolog", None), (full, "gateway-min", None),
                            (full, "bare", None), ("gateway-min", "bare", None)):
             if a not in names or b not in names:
                 continue

@@ -34,7 +34,7 @@ from sysmon import Proc, Sampler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_PHASES = ["ns", "sse", "ndjson", "body", "idle", "flood"]
-VARIANTS = list(targets.VARIANTS)  # gateway-noauth, gateway-nometrics, gateway-min
+VARIANTS = list(targets.VARIANTS)  # gateway-noauth, -nometrics, -nocors, -nolog, -min
 T0 = time.monotonic()
 
 
@@ -49,7 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--quick", action="store_true", help="short smoke run (about 2 min): fewer, shorter loads")
     ap.add_argument("--targets", default="direct,bare,nginx,gateway",
                     help="comma list of direct, bare, nginx, gateway (= one per --workers), gateway-wN, "
-                         + ", ".join(VARIANTS) + ", variants (= those three), all (= everything)")
+                         + ", ".join(VARIANTS) + ", variants (= all of those), all (= everything)")
     ap.add_argument("--workers", default="1,2", help="gateway worker counts to run when 'gateway' is a target; "
                                                      "the variants run with the smallest")
     ap.add_argument("--phases", default=",".join(ALL_PHASES), help="comma list of " + ", ".join(ALL_PHASES))

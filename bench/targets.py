@@ -5,7 +5,7 @@ bare        bare_relay.py, the floor for an aiohttp proxy
 nginx       nginx with proxy_buffering and proxy_request_buffering off, HTTP/1.1 upstream keep-alive
 gateway-wN  the project's gateway (`gateway serve -c FILE [--workers N]`) with a realistic config:
             bcrypt API keys, CORS, metrics, access log at info, two backends, aliases
-gateway-noauth, gateway-nometrics, gateway-min
+gateway-noauth, gateway-nometrics, gateway-nocors, gateway-nolog, gateway-min
             the same config with one change each (VARIANTS), to price each feature in the same run
 """
 from __future__ import annotations
@@ -37,6 +37,8 @@ FULL: dict[str, Any] = {"auth": True, "cors": True, "metrics": True, "log_level"
 VARIANTS: dict[str, dict[str, Any]] = {
     "gateway-noauth": {"auth": False},  # the `auth:` section removed
     "gateway-nometrics": {"metrics": False},  # metrics: {enabled: false}
+    "gateway-nocors": {"cors": False},  # the `cors:` section removed
+    "gateway-nolog": {"log_level": "warning"},  # no access log (logging.level: warning)
     "gateway-min": {"auth": False, "cors": False, "metrics": False, "log_level": "warning"},  # the floor
 }
 
