@@ -10,6 +10,7 @@ clean, truncated 200. Nothing here writes an error body once the response is pre
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -74,6 +75,77 @@ class Watchdog:
         self._handle.cancel()
 
 
+CLIENT_HIGH_WATER = 64 * 1024  # unsent bytes to the client above which the backend stops being read
+
+
+class _Pipe:
+    """The rest of a stream, from the backend's connection to the client's socket in one callback.
+
+    Once the response head and first chunk are out, each chunk the backend sends is framed and
+    written in the upstream connection's ``data_received``: no future, task switch or aiohttp
+    write per chunk. The relay task sleeps in ``run`` until the body ends, fails, or the client's
+    socket backs up (then it drains the client and resumes the backend).
+    """
+
+    __slots__ = ("chunked", "client_gone", "congested", "last", "loop", "rec", "scan", "transport", "upstream",
+                 "watchdog")  # fmt: skip
+
+    def __init__(
+        self,
+        transport: asyncio.Transport,
+        chunked: bool,
+        upstream: UpstreamResponse,
+        watchdog: Watchdog,
+        scan: Callable[[bytes], None] | None,
+        rec: RequestRecord,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.transport = transport
+        self.chunked = chunked
+        self.upstream = upstream
+        self.watchdog = watchdog
+        self.scan = scan
+        self.rec = rec
+        self.loop = loop
+        self.last = b""
+        self.client_gone = False
+        self.congested = False
+
+    def feed(self, data: bytes) -> None:
+        transport = self.transport
+        if self.client_gone:
+            return
+        if transport.is_closing():
+            self.client_gone = True
+            self.upstream.wake()
+            return
+        self.watchdog.last = self.loop.time()
+        if self.scan is not None:
+            self.scan(data)
+        self.rec.bytes_out += len(data)
+        self.last = data
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
+            self.congested = True
+            self.upstream.pause()
+            self.upstream.wake()
+
+    async def run(self, request: web.Request) -> None:
+        """Until the body ends; raises the backend's failure, or ConnectionResetError if the client left."""
+        upstream = self.upstream
+        upstream.pipe(self.feed)
+        while not upstream.finished and not self.client_gone:
+            await upstream.wait()
+            if self.congested and not self.client_gone and not upstream.finished:
+                await request.writer.drain()
+                self.congested = False
+                upstream.resume()
+        if self.client_gone:
+            raise ConnectionResetError("the client closed the connection")
+        if upstream.error is not None:
+            raise upstream.error
+
+
 def _at_boundary(last: bytes, sse: bool) -> bool:
     return last.endswith((b"\n\n", b"\r\n\r\n")) if sse else last.endswith(b"\n")
 
@@ -119,8 +191,13 @@ async def relay(
     if not streamed and transform is None and length is not None:
         response.content_length = length  # exact, undecoded bytes: keep the length
     last = b""
+    pipe: _Pipe | None = None
     try:
         await response.prepare(request)
+        transport = request.transport
+        if streamed and transform is None and isinstance(upstream, UpstreamResponse) and transport is not None:
+            chunked = response.headers.get("Transfer-Encoding") == "chunked"
+            pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop)
         while True:
             try:
                 chunk = await content.readany()
@@ -152,6 +229,21 @@ async def relay(
             last = chunk
             rec.bytes_out += len(chunk)
             await response.write(chunk)
+            if pipe is not None:  # the head went out with this chunk: the rest by callback
+                try:
+                    await pipe.run(request)
+                except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
+                    await _abort(
+                        request,
+                        response,
+                        rec,
+                        exc,
+                        watchdog.fired,
+                        dialect,
+                        _at_boundary(pipe.last or last, "event-stream" in content_type),
+                    )
+                    return response
+                break
         if transform is not None and (tail := transform.flush()):
             rec.bytes_out += len(tail)
             await response.write(tail)

@@ -38,7 +38,7 @@ import asyncio
 import ipaddress
 import re
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, cast
 
 from multidict import CIMultiDict, CIMultiDictProxy
@@ -143,6 +143,7 @@ class UpstreamResponse:
         "_eof",
         "_exc",
         "_loop",
+        "_sink",
         "_size",
         "_waiter",
         "_whole",
@@ -171,6 +172,7 @@ class UpstreamResponse:
         self._exc: BaseException | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._whole = False  # read() is waiting for the end: no wake-up per chunk
+        self._sink: Callable[[bytes], None] | None = None  # pipe(): body bytes bypass the buffer
         self.version = version
         self.status = status
         self.reason = reason
@@ -192,6 +194,10 @@ class UpstreamResponse:
     # Called by the connection.
 
     def _feed(self, data: bytes) -> None:
+        sink = self._sink
+        if sink is not None:
+            sink(data)
+            return
         self._chunks.append(data)
         self._size += len(data)
         waiter = self._waiter
@@ -260,6 +266,61 @@ class UpstreamResponse:
         chunks.clear()
         self._size = 0
         return data
+
+    # The callback side (pipe mode): body bytes are handed over inside the connection's own
+    # data_received, with no future, task switch or buffer per chunk.
+
+    def pipe(self, sink: Callable[[bytes], None]) -> None:
+        """From now on deliver body bytes to ``sink(data)`` as they arrive (bytes already buffered first).
+
+        ``readany``/``read`` then see no more data; use ``wait`` for the end of the body, and
+        ``pause``/``resume`` for backpressure. ``sink`` must not raise.
+        """
+        chunks = self._chunks
+        if chunks:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            chunks.clear()
+            self._size = 0
+            sink(data)
+        self._sink = sink
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
+
+    async def wait(self) -> None:
+        """Return when the body has ended or failed (see ``error``), or ``wake`` was called."""
+        if not self._eof and self._exc is None:
+            await self._wait()
+
+    def wake(self) -> None:
+        """Make a pending ``wait`` return (a sink asking its owner to act)."""
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def finished(self) -> bool:
+        """The body ended or failed."""
+        return self._eof or self._exc is not None
+
+    @property
+    def error(self) -> BaseException | None:
+        """Why the body failed, or None."""
+        return self._exc
+
+    def pause(self) -> None:
+        """Stop reading the backend's socket until ``resume`` (backpressure from the reader)."""
+        conn = self._conn
+        if conn is not None and not conn.paused:
+            transport = conn.transport
+            if transport is not None and not transport.is_closing():
+                conn.paused = True
+                transport.pause_reading()
+
+    def resume(self) -> None:
+        conn = self._conn
+        if conn is not None and conn.paused:
+            conn.resume()
 
     def set_exception(self, exc: BaseException) -> None:
         """Fail the response: pending and later reads raise ``exc``; an incomplete body's connection closes."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
 import ollama
@@ -162,3 +163,83 @@ async def _until(predicate: object, attempts: int = 200) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError("condition not reached")
+
+
+def _dechunk(raw: bytes) -> bytes:
+    out, rest = bytearray(), raw
+    while True:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return bytes(out)
+        out += rest[:size]
+        rest = rest[size + 2 :]
+
+
+async def test_a_client_that_stops_reading_holds_back_the_backend_and_loses_nothing(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the first chunk a stream is piped by callback (streaming._Pipe). A client that stops
+    reading must make the gateway stop reading the backend (no unbounded buffering), and once it
+    reads again it gets every byte, in order, with the tokens counted."""
+    from gateway.upstream import UpstreamResponse
+
+    paused = asyncio.Event()
+    original_pause = UpstreamResponse.pause
+
+    def noticed_pause(self: UpstreamResponse) -> None:
+        paused.set()
+        original_pause(self)
+
+    monkeypatch.setattr(UpstreamResponse, "pause", noticed_pause)
+    pieces = [f"<{i:05d}>" + "x" * 4000 for i in range(1500)]  # ~6 MB of content, more than socket buffers
+    backend = await backend_factory("desktop", models=["m:latest"], chunks=pieces)
+    gw = await gateway_factory({"backends": [backend_entry(backend)]})
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8192)
+    sock.setblocking(False)
+    port = int(gw.url.rsplit(":", 1)[1])
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock, limit=8192)
+    request = {"model": "m", "messages": [], "stream": True, "stream_options": {"include_usage": True}}
+    payload = json.dumps(request).encode()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(payload), payload)
+    )
+    await writer.drain()
+    await asyncio.wait_for(paused.wait(), STEP)  # the client reads nothing until the backend was held back
+    raw = await asyncio.wait_for(reader.read(), 4 * STEP)
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200") and b"transfer-encoding: chunked" in head.lower()
+    got = []
+    for line in _dechunk(body).split(b"\n"):
+        if line.startswith(b"data: {"):
+            choices = json.loads(line[6:])["choices"]
+            if choices and choices[0]["delta"].get("content"):
+                got.append(choices[0]["delta"]["content"])
+    assert got == pieces
+    assert gw.sample("gateway_tokens_total", backend="desktop", model="m", client="anonymous",
+                     kind="completion") == len(pieces)  # fmt: skip
+
+
+async def test_an_http10_client_gets_the_stream_unframed_until_close(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    pieces = [f"piece-{i}" for i in range(50)]
+    backend = await backend_factory("desktop", models=["m:latest"], chunks=pieces)
+    gw = await gateway_factory({"backends": [backend_entry(backend)]})
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(gw.url.rsplit(":", 1)[1]))
+    payload = json.dumps({"model": "m", "messages": [], "stream": True}).encode()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: gw\r\n"
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%b" % (len(payload), payload)
+    )
+    raw = await asyncio.wait_for(reader.read(), STEP)  # HTTP/1.0: the body ends when the connection does
+    writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200") and b"transfer-encoding" not in head.lower()
+    events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: {")]
+    assert [e["choices"][0]["delta"].get("content") for e in events][:-1] == pieces
+    assert body.endswith(b"data: [DONE]\n\n")
