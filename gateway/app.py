@@ -106,7 +106,7 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
 
     @web.middleware
     async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
-        loop = asyncio.get_running_loop()
+        loop = state.loop or asyncio.get_running_loop()
         headers = request.headers
         rid = headers.get("X-Request-Id")
         if rid is None or not _REQUEST_ID_RE.match(rid):
@@ -209,6 +209,7 @@ async def _flush_logs_every(seconds: float) -> None:
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession per app (a connection pool), discovery and probes; closed in reverse."""
     state = app[STATE]
+    state.loop = asyncio.get_running_loop()
     connector = aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=60, ttl_dns_cache=300)
     session = aiohttp.ClientSession(
         connector=connector,

@@ -155,6 +155,8 @@ def model_allowed(globs: tuple[str, ...], model: str) -> bool:
     """True when a case-sensitive glob matches ``model`` or its ``:latest`` twin. Never raises."""
     if not isinstance(model, str):
         return False
+    if "*" in globs:  # the common "everything" scope: no matching needed
+        return True
     try:
         variants = _name_variants(model)
         return any(fnmatchcase(name, glob) for glob in globs for name in variants)

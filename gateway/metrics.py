@@ -22,6 +22,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import prometheus_client
@@ -54,6 +55,8 @@ NO_BACKEND = "none"  # record.backend == "": no backend was chosen
 OTHER_MODEL = "other"  # models beyond MAX_MODELS distinct names
 MAX_MODELS = 500  # a guard against a label explosion should a caller ever pass unvetted names
 
+# The same str object per status code: label keys hash cached strings instead of fresh ones.
+_STATUS_TEXT: Mapping[int, str] = MappingProxyType({code: str(code) for code in range(100, 600)})
 _REQUEST_LABELS = ("backend", "model", "endpoint", "code", "client")
 _ROUTE_LABELS = ("backend", "model", "endpoint")
 
@@ -209,7 +212,8 @@ class Metrics:
     @staticmethod
     def _tally_record(tally: Tally, rec: RequestRecord, backend: str, model: str) -> None:
         endpoint, client, start = rec.endpoint, rec.client, rec.start
-        key = (backend, model, endpoint, str(rec.status), client)
+        status = rec.status
+        key = (backend, model, endpoint, _STATUS_TEXT.get(status) or str(status), client)
         requests = tally.requests
         requests[key] = requests.get(key, 0) + 1
         route = (backend, model, endpoint)

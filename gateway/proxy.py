@@ -297,6 +297,7 @@ async def forward(
                     count_usage=metrics is not None and spec.path in USAGE_ENDPOINTS,
                     transform=transform,
                     cors=state.cors if state.cors.enabled else None,
+                    loop=state.loop,
                 )
             finally:
                 if rec.error and metrics is not None:

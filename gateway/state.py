@@ -7,6 +7,7 @@ which makes the change atomic for every request that starts afterwards.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -40,6 +41,9 @@ class GatewayState:
     session: aiohttp.ClientSession | None = None  # opened in the app's cleanup context
     discovery: Discovery | None = None
     streams: set[web.StreamResponse] = field(default_factory=set)
+    # The serving loop, kept at startup: on Python 3.11 every asyncio.get_running_loop() call
+    # makes a getpid() system call, which the per-request path should not pay.
+    loop: asyncio.AbstractEventLoop | None = None
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -161,6 +161,7 @@ async def relay(
     count_usage: bool = False,
     transform: UsageStripper | None = None,
     cors: CorsPolicy | None = None,
+    loop: asyncio.AbstractEventLoop | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive.
 
@@ -174,14 +175,14 @@ async def relay(
     headers["X-Request-Id"] = rec.request_id
     rec.streamed = streamed
     rec.status = upstream.status
-    loop = asyncio.get_running_loop()
+    loop = loop or asyncio.get_running_loop()
     content = upstream.content
     length = upstream.content_length
     if not streamed and transform is None and length is not None and length <= SMALL_BODY:
         # A body already received in full (the usual small JSON answer) needs no timer.
         complete = isinstance(upstream, UpstreamResponse) and upstream.complete
         watchdog = None if complete else Watchdog(loop, content, rec.start, first_byte, idle)
-        return await _whole(upstream, rec, headers, watchdog, count_usage)
+        return await _whole(upstream, rec, headers, watchdog, count_usage, loop)
     watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
     scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
     scan = scanner.feed if scanner is not None else None
@@ -270,6 +271,7 @@ async def _whole(
     headers: Any,
     watchdog: Watchdog | None,
     count_usage: bool,
+    loop: asyncio.AbstractEventLoop,
 ) -> web.Response:
     """A small, complete (Content-Length) body: one read, one write. Nothing is sent before it is
     all here, so a backend failure can still become a proper 502/504 in the endpoint's dialect."""
@@ -285,7 +287,7 @@ async def _whole(
         if watchdog is not None:
             watchdog.cancel()
         upstream.close()  # a no-op after a complete body: the connection went back to the pool
-        rec.end = rec.first_byte = asyncio.get_running_loop().time()
+        rec.end = rec.first_byte = loop.time()
     if count_usage and upstream.headers.get("Content-Type", "").startswith("application/json"):
         count_whole_body(body, rec)
     rec.bytes_out = len(body)
