@@ -81,6 +81,11 @@ def _aiohttp_error(exc: web.HTTPException) -> GatewayError:
     return err
 
 
+def _body_size(response: web.StreamResponse) -> int:
+    body = response.body if isinstance(response, web.Response) else None
+    return len(body) if isinstance(body, bytes | bytearray) else 0
+
+
 def make_entry_middleware(state: GatewayState) -> Middleware:
     """The gateway's one middleware: everything every request needs, in order, with no extra layers.
 
@@ -138,13 +143,17 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
                 rec.status = response.status
             if response.prepared:  # a streamed relay: its head carried all of this already
                 return response
+            if not rec.bytes_out:  # a body built whole here (listings, probes): count it too
+                rec.bytes_out = _body_size(response)
         except GatewayError as err:
             rec.status = err.status
             response = error_response(path, err, rid)
+            rec.bytes_out = _body_size(response)
         except web.HTTPException as exc:
             converted = _aiohttp_error(exc)
             rec.status = converted.status
             response = error_response(path, converted, rid)
+            rec.bytes_out = _body_size(response)
         except asyncio.CancelledError:
             rec.status = 499
             rec.error = rec.error or "client_closed"
@@ -157,6 +166,7 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
             log.exception("unexpected error handling %s %s (request id %s)", request.method, path, rid)
             rec.status = 500
             response = error_response(path, GatewayError(f"internal gateway error (request id {rid})"), rid)
+            rec.bytes_out = _body_size(response)
         finally:
             if rec.end is None:
                 rec.end = loop.time()

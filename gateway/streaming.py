@@ -4,9 +4,10 @@ Streaming is a relay, not a parser: every chunk is written as it arrives (``read
 reads), SSE and NDJSON alike. Once a stream's head and first chunk are out, a stream from a
 plain-HTTP backend is piped by callback (``_Pipe``): each chunk is framed and written to the client
 inside the backend connection's ``data_received``, with backpressure, and the relay task sleeps
-until the end. Usage scanners see each chunk *after* nothing else needs it, and never delay it. If the backend dies or goes quiet mid-stream the client's response is ended
-abnormally (after an in-band error event when the stream is at an event boundary), never as a
-clean, truncated 200. Nothing here writes an error body once the response is prepared.
+until the end. Usage scanners see each chunk *after* nothing else needs it, and never delay it.
+If the backend dies or goes quiet mid-stream the client's response is ended abnormally (after an
+in-band error event when the stream is at an event boundary), never as a clean, truncated 200.
+Nothing here writes an error body once the response is prepared.
 """
 
 from __future__ import annotations

@@ -8,10 +8,13 @@ import re
 from dataclasses import MISSING, fields
 from typing import Any
 
+import aiohttp
 import pytest
 
 from gateway.accesslog import AccessLog
 from gateway.record import RequestRecord
+
+from .conftest import BackendFactory, GatewayFactory, backend_entry
 
 LOGGER = "gateway.access.test"
 
@@ -180,3 +183,24 @@ def test_fixed_time(logger: logging.Logger) -> None:
 def test_bad_format_is_refused(logger: logging.Logger) -> None:
     with pytest.raises(ValueError):
         AccessLog("xml", logger)  # type: ignore[arg-type]
+
+
+async def test_bytes_count_every_body_the_gateway_sends(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Relayed, built whole (a listing) and error bodies alike: ``bytes`` is what the client got."""
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    backend = await backend_factory("desktop", kind="openai", models=["m"])
+    gw = await gateway_factory({"backends": [backend_entry(backend, type="vllm")]})
+    sizes = []
+    async with aiohttp.ClientSession() as http:
+        for method, path, body in (
+            ("POST", "/v1/chat/completions", {"model": "m", "messages": []}),
+            ("GET", "/v1/models", None),
+            ("POST", "/v1/chat/completions", {"model": "nope", "messages": []}),
+        ):
+            async with http.request(method, f"{gw.url}{path}", json=body) as resp:
+                sizes.append((resp.status, len(await resp.read())))
+    assert [s for s, _ in sizes] == [200, 200, 404]
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.access" and " path=/v1/" in r.getMessage()]
+    assert [int(re.search(r" bytes=(\d+) ", line).group(1)) for line in logged] == [n for _, n in sizes]  # type: ignore[union-attr]
