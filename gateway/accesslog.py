@@ -28,14 +28,20 @@ _ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _QUOTE_TRIGGERS = frozenset(' "=\\')
 
 
-_second: list[object] = [-1, ""]  # the last whole second formatted: strftime once a second, not per line
+class _Clock:
+    """Wall-clock timestamps for log lines, with strftime run once a second, not once a line."""
 
+    __slots__ = ("_second", "_text")
 
-def _timestamp(now: float) -> str:
-    seconds = int(now)
-    if _second[0] != seconds:
-        _second[0], _second[1] = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{_second[1]}.{int((now - seconds) * 1000):03d}Z"
+    def __init__(self) -> None:
+        self._second = -1
+        self._text = ""
+
+    def timestamp(self, now: float) -> str:
+        seconds = int(now)
+        if self._second != seconds:
+            self._second, self._text = seconds, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        return f"{self._text}.{int((now - seconds) * 1000):03d}Z"
 
 
 class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
@@ -83,7 +89,6 @@ class BufferedLineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.release()
 
 
-@lru_cache(maxsize=4096)  # names, models, addresses and paths repeat: escape each once
 def _value(text: str) -> str:
     """A logfmt value: ``-`` when empty; quoted, with escapes, when it holds a space, ``"``, ``=``,
     a backslash or a non-printable character (control characters, Unicode line separators)."""
@@ -109,13 +114,16 @@ def _ms_text(start: float, at: float | None) -> str:
 class AccessLog:
     """Writes one INFO line per request to ``logger``, in ``text`` or ``json`` format."""
 
-    __slots__ = ("_json", "_logger")
+    __slots__ = ("_clock", "_json", "_logger", "_value")
 
     def __init__(self, format: Literal["text", "json"], logger: logging.Logger) -> None:
         if format not in ("text", "json"):
             raise ValueError(f"access log format must be 'text' or 'json', got {format!r}")
         self._json = format == "json"
         self._logger = logger
+        self._clock = _Clock()
+        # Names, models, addresses and paths repeat: escape each once (bounded).
+        self._value = lru_cache(maxsize=4096)(_value)
 
     def log(self, rec: RequestRecord) -> None:
         logger = self._logger
@@ -132,7 +140,7 @@ class AccessLog:
 
     def format(self, rec: RequestRecord, now: float | None = None) -> str:
         """The line for ``rec`` (``now``: wall-clock time to print, default the current time)."""
-        when = _timestamp(time.time() if now is None else now)
+        when = self._clock.timestamp(time.time() if now is None else now)
         path = rec.path.split("?", 1)[0]
         if self._json:
             return json.dumps(
@@ -155,16 +163,17 @@ class AccessLog:
                 },
                 ensure_ascii=False,
             )
+        value = self._value
         tokens_in, tokens_out = rec.prompt_tokens, rec.completion_tokens
         # The request id needs no escaping: the entry middleware admits only [A-Za-z0-9._:-] (app.py).
         line = (
-            f"time={when} id={rec.request_id} client={_value(rec.client)} remote={_value(rec.remote)} "
-            f"method={_value(rec.method)} path={_value(path)} model={_value(rec.model)} "
-            f"backend={_value(rec.backend)} status={rec.status} bytes={rec.bytes_out} "
+            f"time={when} id={rec.request_id} client={value(rec.client)} remote={value(rec.remote)} "
+            f"method={value(rec.method)} path={value(path)} model={value(rec.model)} "
+            f"backend={value(rec.backend)} status={rec.status} bytes={rec.bytes_out} "
             f"ttfb_ms={_ms_text(rec.start, rec.first_byte)} duration_ms={_ms_text(rec.start, rec.end)} "
             f"tokens_in={'-' if tokens_in is None else tokens_in} "
             f"tokens_out={'-' if tokens_out is None else tokens_out}"
         )
         if rec.error:
-            line += f" error={_value(rec.error)}"
+            line += f" error={value(rec.error)}"
         return line
