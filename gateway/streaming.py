@@ -136,13 +136,14 @@ class _Pipe:
     async def run(self, request: web.Request) -> None:
         """Until the body ends; raises the backend's failure, or ConnectionResetError if the client left."""
         upstream = self.upstream
-        upstream.pipe(self.feed)
+        upstream.pipe(self.feed)  # may already congest the client with bytes that were buffered
         while not upstream.finished and not self.client_gone:
-            await upstream.wait()
-            if self.congested and not self.client_gone and not upstream.finished:
+            if self.congested:  # checked before waiting too: a wake-up with nobody waiting is lost
                 await request.writer.drain()
                 self.congested = False
                 upstream.resume()
+                continue
+            await upstream.wait()
         if self.client_gone:
             raise ConnectionResetError("the client closed the connection")
         if upstream.error is not None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
+from collections.abc import Callable
 
 import aiohttp
 import ollama
@@ -243,3 +244,73 @@ async def test_an_http10_client_gets_the_stream_unframed_until_close(
     events = [json.loads(line[6:]) for line in body.split(b"\n") if line.startswith(b"data: {")]
     assert [e["choices"][0]["delta"].get("content") for e in events][:-1] == pieces
     assert body.endswith(b"data: [DONE]\n\n")
+
+
+class _HeldUpstream:
+    """The part of UpstreamResponse that streaming._Pipe uses, scripted: a wake-up with nobody
+    waiting is lost, as with the real one; the body ends once reading resumes."""
+
+    def __init__(self, buffered: bytes) -> None:
+        self.buffered = buffered
+        self.finished = False
+        self.error: BaseException | None = None
+        self.paused = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def pipe(self, sink: Callable[[bytes], None]) -> None:
+        sink(self.buffered)
+
+    async def wait(self) -> None:
+        self.waiter = asyncio.get_running_loop().create_future()
+        await self.waiter
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        self.finished = True
+        self.wake()
+
+
+class _SlowClient:
+    """A client transport whose buffer is full until the relay drains it."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.backlog = 1 << 20
+        self.writer = self  # stands in for request.writer
+        self.drains = 0
+
+    def is_closing(self) -> bool:
+        return False
+
+    def write(self, data: bytes) -> None:
+        self.sent.append(data)
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog
+
+    async def drain(self) -> None:
+        self.drains += 1
+        self.backlog = 0
+
+
+async def test_a_pipe_that_congests_before_it_waits_still_drains_and_resumes() -> None:
+    """Bytes buffered before piping may fill the client's socket at once: the wake-up that asks
+    for a drain then finds nobody waiting, and the relay must notice the congestion anyway."""
+    from gateway.record import RequestRecord
+    from gateway.streaming import _Pipe
+
+    loop = asyncio.get_running_loop()
+    client, upstream = _SlowClient(), _HeldUpstream(b"data: buffered\n\n")
+    rec = RequestRecord("r", "POST", "/v1/chat/completions", "127.0.0.1", False, loop.time())
+    watchdog = type("Watchdog", (), {"last": 0.0})()
+    pipe = _Pipe(client, True, upstream, watchdog, None, rec, loop)  # type: ignore[arg-type]
+    await asyncio.wait_for(pipe.run(client), STEP)  # type: ignore[arg-type]
+    assert client.sent == [b"10\r\ndata: buffered\n\n\r\n"] and client.drains == 1
+    assert not upstream.paused and rec.bytes_out == 16
