@@ -15,7 +15,8 @@ from dataclasses import replace
 
 from . import __version__
 from .accesslog import BufferedLineHandler
-from .config import ConfigError, GatewayConfig, find_config_file, load_config
+from .config import ConfigError, GatewayConfig
+from .configfile import find_config_file, load_config
 
 __all__ = ["main"]
 

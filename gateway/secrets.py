@@ -22,7 +22,8 @@ from collections import Counter
 import bcrypt
 import yaml
 
-from .config import AuthConfig, ConfigError, parse_config
+from .config import AuthConfig, ConfigError
+from .configfile import parse_config
 from .credentials import has_control_chars
 
 __all__ = [

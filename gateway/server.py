@@ -22,7 +22,8 @@ from pathlib import Path
 from aiohttp import web
 
 from .app import create_app, reload_credentials
-from .config import ConfigError, GatewayConfig, load_config
+from .config import ConfigError, GatewayConfig
+from .configfile import load_config
 from .metrics import mark_process_dead, prepare_multiprocess_dir
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]

@@ -11,7 +11,8 @@ import pytest
 from aiohttp import web
 
 from gateway.app import create_app
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
+from gateway.configfile import parse_config
 from gateway.server import make_runner
 from gateway.state import STATE, GatewayState
 

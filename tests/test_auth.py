@@ -14,7 +14,7 @@ import openai
 import pytest
 
 from gateway.app import reload_credentials
-from gateway.config import parse_config
+from gateway.configfile import parse_config
 
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import FakeBackend

@@ -10,7 +10,8 @@ import yaml
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from gateway.auth import ANONYMOUS, Authenticator, AuthTuning, Principal, source_key
-from gateway.config import ApiKeyConfig, AuthConfig, BasicUserConfig, RateLimits, parse_config
+from gateway.config import ApiKeyConfig, AuthConfig, BasicUserConfig, RateLimits
+from gateway.configfile import parse_config
 from gateway.errors import TooManyRequests, Unauthorized
 from gateway.secrets import hash_password, new_key_entry, sha256_hash, verify_bcrypt
 

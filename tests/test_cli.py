@@ -11,7 +11,7 @@ import yaml
 
 from gateway import __version__
 from gateway.cli import main
-from gateway.config import parse_config
+from gateway.configfile import parse_config
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "gateway.example.yaml"
 

@@ -9,7 +9,8 @@ import yaml
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.config import ConfigError, load_config, parse_config, parse_duration, parse_size
+from gateway.config import ConfigError
+from gateway.configfile import load_config, parse_config, parse_duration, parse_size
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "gateway.example.yaml"
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from multidict import CIMultiDict
 from pytest_aiohttp import AiohttpClient
 
-from gateway.config import ConfigError, CorsConfig, parse_config
+from gateway.config import ConfigError, CorsConfig
+from gateway.configfile import parse_config
 from gateway.cors import (
     ALLOW_METHODS,
     EXPOSE_HEADERS,

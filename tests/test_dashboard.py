@@ -20,7 +20,8 @@ from aiohttp import web
 
 import gateway.app as app_module
 import gateway.dashboard as dashboard
-from gateway.config import GatewayConfig, parse_config
+from gateway.config import GatewayConfig
+from gateway.configfile import parse_config
 from gateway.dashboard import DASHBOARD_PATH, DATA_PATH, add_dashboard_routes, content_security_policy
 
 from . import conftest

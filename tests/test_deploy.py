@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from gateway.config import parse_config
+from gateway.configfile import parse_config
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 

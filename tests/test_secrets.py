@@ -9,7 +9,8 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.config import ApiKeyConfig, AuthConfig, BasicUserConfig, parse_config
+from gateway.config import ApiKeyConfig, AuthConfig, BasicUserConfig
+from gateway.configfile import parse_config
 from gateway.secrets import (
     KEY_PREFIX,
     bcrypt_cost,
