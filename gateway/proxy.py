@@ -326,7 +326,7 @@ async def open_upstream(
 ) -> Upstream:
     """Send the request and wait for the response head, mapping failures to 502/504.
 
-    Plain-HTTP backends go through the backend's lean keep-alive pool (``upstream.py``); HTTPS
+    Plain-HTTP backends go through the backend's lean keep-alive pool (``upstream/``); HTTPS
     backends and streamed uploads (blobs) through aiohttp's client.
     """
     timeouts = backend.config.timeouts

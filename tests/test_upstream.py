@@ -21,6 +21,7 @@ from multidict import CIMultiDict
 
 from gateway.upstream import (
     HIGH_WATER,
+    Connection,
     UpstreamConnectError,
     UpstreamConnectTimeout,
     UpstreamDisconnected,
@@ -28,7 +29,6 @@ from gateway.upstream import (
     UpstreamPool,
     UpstreamProtocolError,
     UpstreamResponse,
-    _Connection,
 )
 
 STEP = 5.0  # bound for each awaited event; tests never rely on sleeping for correctness
@@ -930,7 +930,7 @@ async def test_against_aiohttp_server() -> None:
 
 
 class FakeTransport:
-    def __init__(self, conn: _Connection) -> None:
+    def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self.closing = False
         self.paused = False
@@ -966,7 +966,7 @@ async def feed(pieces: Iterable[bytes], method: str = "GET") -> tuple[UpstreamRe
     """Send a request on a fake connection, feed the response pieces, return the response and its body."""
     pool = UpstreamPool("127.0.0.1", 9)
     pool._loop = asyncio.get_running_loop()
-    conn = _Connection(pool)
+    conn = Connection(pool)
     transport = FakeTransport(conn)
     conn.connection_made(transport)  # type: ignore[arg-type]
     pool._all.add(conn)
@@ -1067,7 +1067,7 @@ async def test_malformed_responses_are_protocol_errors() -> None:
 async def test_unsolicited_bytes_on_an_idle_connection_close_it() -> None:
     pool = UpstreamPool("127.0.0.1", 9)
     pool._loop = asyncio.get_running_loop()
-    conn = _Connection(pool)
+    conn = Connection(pool)
     transport = FakeTransport(conn)
     conn.connection_made(transport)  # type: ignore[arg-type]
     conn.data_received(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
