@@ -41,7 +41,7 @@ from .streaming import relay
 from .upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
-    UpstreamDisconnected,
+    UpstreamError,
     UpstreamProtocolError,
     UpstreamResponse,
 )
@@ -265,10 +265,12 @@ async def forward(
                 headers["Content-Type"] = request.content_type
             try:
                 upstream = await open_upstream(state.session, backend, request, headers, body, rec)
-            except GatewayError as exc:
+            except (BadGateway, GatewayTimeout) as exc:  # a 400 (unforwardable request) is the client's
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
                 error = exc
+                if rec.error == "timeout":  # the first-byte budget is spent: another backend cannot meet it
+                    break
                 continue
             if upstream.status in (401, 407):
                 upstream.close()
@@ -337,27 +339,10 @@ async def open_upstream(
             return await pool.request(
                 request.method, backend.prefix + request.path_qs, headers, body, timeouts.connect, deadline
             )
-        except UpstreamConnectTimeout:
-            rec.error = "connect"
-            raise GatewayTimeout(
-                f"backend '{backend.name}' did not accept a connection within {timeouts.connect:g}s"
-            ) from None
-        except TimeoutError:
-            rec.error = "timeout"
-            raise GatewayTimeout(
-                f"backend '{backend.name}' sent no response within {timeouts.first_byte:g}s (timeouts.first_byte)"
-            ) from None
-        except UpstreamConnectError as exc:
-            rec.error = "connect"
-            raise BadGateway(f"backend '{backend.name}' is unreachable: {exc}") from None
-        except UpstreamProtocolError as exc:
-            rec.error = "protocol"
-            raise BadGateway(f"backend '{backend.name}' sent an invalid response: {exc}") from None
-        except UpstreamDisconnected as exc:
-            rec.error = "reset"
-            raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
         except ValueError as exc:  # a header that cannot be written safely (e.g. CR/LF in a value)
             raise BadRequest(f"the request cannot be forwarded: {exc}") from None
+        except (UpstreamError, TimeoutError) as exc:
+            raise no_response(backend, rec, exc) from None
     try:
         async with asyncio.timeout_at(deadline):
             return await session.request(
@@ -368,22 +353,32 @@ async def open_upstream(
                 timeout=backend.client_timeout,
                 allow_redirects=False,
             )
-    except aiohttp.ConnectionTimeoutError:
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        raise no_response(backend, rec, exc) from None
+
+
+def no_response(backend: Backend, rec: RequestRecord, exc: BaseException) -> GatewayError:
+    """The 502/504 for a request that got no response head from ``backend``; sets ``rec.error``.
+
+    One mapping for both clients (the lean pool and aiohttp's): connect timeout and first-byte
+    timeout are 504, unreachable, invalid response and closed connection are 502.
+    """
+    name, timeouts = backend.name, backend.config.timeouts
+    if isinstance(exc, UpstreamConnectTimeout | aiohttp.ConnectionTimeoutError):
         rec.error = "connect"
-        raise GatewayTimeout(
-            f"backend '{backend.name}' did not accept a connection within {timeouts.connect:g}s"
-        ) from None
-    except TimeoutError:
+        return GatewayTimeout(f"backend '{name}' did not accept a connection within {timeouts.connect:g}s")
+    if isinstance(exc, TimeoutError):
         rec.error = "timeout"
-        raise GatewayTimeout(
-            f"backend '{backend.name}' sent no response within {timeouts.first_byte:g}s (timeouts.first_byte)"
-        ) from None
-    except aiohttp.ClientConnectorError as exc:
+        return GatewayTimeout(
+            f"backend '{name}' sent no response within {timeouts.first_byte:g}s (timeouts.first_byte)"
+        )
+    if isinstance(exc, UpstreamConnectError | aiohttp.ClientConnectorError):
         rec.error = "connect"
-        raise BadGateway(f"backend '{backend.name}' is unreachable: {exc.os_error.strerror or exc}") from None
-    except aiohttp.ClientResponseError as exc:
+        reason = exc.os_error.strerror if isinstance(exc, aiohttp.ClientConnectorError) else None
+        return BadGateway(f"backend '{name}' is unreachable: {reason or exc}")
+    if isinstance(exc, UpstreamProtocolError | aiohttp.ClientResponseError):
         rec.error = "protocol"
-        raise BadGateway(f"backend '{backend.name}' sent an invalid response: {exc.message}") from None
-    except (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError, aiohttp.ClientPayloadError) as exc:
-        rec.error = "reset"
-        raise BadGateway(f"backend '{backend.name}' closed the connection: {exc}") from None
+        detail = exc.message if isinstance(exc, aiohttp.ClientResponseError) else exc
+        return BadGateway(f"backend '{name}' sent an invalid response: {detail}")
+    rec.error = "reset"  # closed or reset before the head (incl. a stale keep-alive connection)
+    return BadGateway(f"backend '{name}' closed the connection: {exc}")

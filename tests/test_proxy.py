@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import aiohttp
@@ -294,3 +295,73 @@ async def test_responses_and_anthropic_messages_are_routed(single: tuple[FakeBac
     assert [r.path for r in backend.requests] == ["/v1/responses", "/v1/messages"]
     assert "x-api-key" not in backend.requests[-1].headers  # never forwarded, even with auth off
     assert backend.requests[-1].headers["anthropic-version"] == "2023-06-01"
+
+
+async def test_a_retryable_status_moves_on_to_the_next_backend_and_the_last_one_is_relayed(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    broken = await backend_factory("broken", status=503, status_body={"error": "loading model"})
+    good = await backend_factory("good")
+    entries = [backend_entry(broken, models=["m"]), backend_entry(good, models=["m"])]
+    gw = await gateway_factory({"backends": entries, "routing": {"retries": 1}})
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # the rotation puts each backend first once
+            async with http.post(f"{gw.url}/api/generate", json={"model": "m", "stream": False}) as resp:
+                assert resp.status == 200 and resp.headers["X-Fake-Backend"] == "good"
+    assert len(broken.requests) == 1 and len(good.requests) == 2
+    assert gw.sample("gateway_upstream_errors_total", backend="broken", reason="status") == 1
+    # Without retries the backend's own answer is relayed, status and body.
+    solo = await gateway_factory({"backends": entries, "routing": {"retries": 0}})
+    seen = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):
+            async with http.post(f"{solo.url}/api/generate", json={"model": "m", "stream": False}) as resp:
+                seen.append((resp.status, await resp.json()))
+    assert sorted(s for s, _ in seen) == [200, 503]
+    assert {"error": "loading model"} in [body for _, body in seen]
+
+
+async def test_a_first_byte_timeout_is_504_and_not_retried_on_another_backend(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    slow = await backend_factory("slow", hang=True)
+    good = await backend_factory("good")
+    fast = {"connect": "1s", "first_byte": "0.3s", "idle": "5s"}
+    entries = [backend_entry(slow, models=["m"], timeouts=fast), backend_entry(good, models=["m"], timeouts=fast)]
+    gw = await gateway_factory({"backends": entries, "routing": {"retries": 1}})
+    statuses = []
+    async with aiohttp.ClientSession() as http:
+        for _ in range(2):  # the rotation puts each backend first once
+            async with http.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []}) as resp:
+                statuses.append(resp.status)
+                if resp.status == 504:
+                    assert "timeouts.first_byte" in (await resp.json())["error"]["message"]
+    assert sorted(statuses) == [200, 504]
+    assert len(good.requests) == 1  # the timed-out request was not sent again with its budget spent
+    assert gw.sample("gateway_upstream_errors_total", backend="slow", reason="timeout") == 1
+    assert gw.sample("gateway_upstream_errors_total", backend="good", reason="timeout") == 0
+
+
+async def test_an_invalid_response_head_is_502_with_reason_protocol(gateway_factory: GatewayFactory) -> None:
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while head := await reader.readuntil(b"\r\n\r\n"):
+            if head.startswith(b"POST"):
+                writer.write(b"HTTP/1.1 2xx nonsense\r\n\r\n")
+            else:  # health probes and discovery get a valid, empty answer
+                writer.write(
+                    b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 12\r\n\r\n{"data": []}'
+                )
+            await writer.drain()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        entry = {"name": "odd", "url": f"http://127.0.0.1:{port}", "type": "openai", "models": ["m"]}
+        gw = await gateway_factory({"backends": [entry]})
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": []}) as resp:
+                assert resp.status == 502
+                assert "sent an invalid response" in (await resp.json())["error"]["message"]
+        assert gw.sample("gateway_upstream_errors_total", backend="odd", reason="protocol") == 1
+    finally:
+        server.close()
