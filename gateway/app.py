@@ -25,9 +25,9 @@ from aiohttp.typedefs import Middleware
 from .accesslog import AccessLog
 from .auth import Authenticator
 from .backends import Backend
-from .config import GatewayConfig
+from .config import AuthConfig, GatewayConfig
 from .cors import CorsPolicy, make_cors_gate
-from .dashboard import DASHBOARD_PATH, add_dashboard_routes
+from .dashboard import DASHBOARD_PATH, DATA_PATH, add_dashboard_routes
 from .discovery import Discovery
 from .errors import (
     Forbidden,
@@ -37,7 +37,7 @@ from .errors import (
     PayloadTooLarge,
     error_response,
 )
-from .headers import client_address
+from .headers import client_address, host_name
 from .listing import add_listing_routes
 from .metrics import Metrics
 from .ops import add_ops_routes
@@ -66,6 +66,16 @@ def public_paths(config: GatewayConfig) -> frozenset[str]:
     if config.metrics.enabled and not config.metrics.require_auth:
         paths.add(config.metrics.path)
     return frozenset(paths)
+
+
+def _as_gateway_error(exc: Exception, request: web.Request, rid: str) -> GatewayError:
+    """What the client is told about ``exc``: ours as raised, aiohttp's converted, anything else a logged 500."""
+    if isinstance(exc, GatewayError):
+        return exc
+    if isinstance(exc, web.HTTPException):
+        return _aiohttp_error(exc)
+    log.exception("unexpected error handling %s %s (request id %s)", request.method, request.path, rid)
+    return GatewayError(f"internal gateway error (request id {rid})")
 
 
 def _aiohttp_error(exc: web.HTTPException) -> GatewayError:
@@ -100,7 +110,7 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
     # Probes and scrapers address the gateway by pod/container IP: never make them guess a name.
     probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
     # Probes, scrapes and the dashboard's polling are not traffic: keep them out of metrics and the access log.
-    quiet_paths = probe_paths | {DASHBOARD_PATH, f"{DASHBOARD_PATH}/data"}
+    quiet_paths = probe_paths | {DASHBOARD_PATH, DATA_PATH}
     public = public_paths(config)
     cors_gate = make_cors_gate(state.cors)
     apply_cors = state.cors.apply_response_headers if state.cors.enabled else None
@@ -122,11 +132,7 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
         request[RECORD] = rec
         response: web.StreamResponse
         try:
-            if (
-                allowed_hosts
-                and path not in probe_paths
-                and (request.host or "").rsplit(":", 1)[0].strip("[]").lower() not in allowed_hosts
-            ):
+            if allowed_hosts and path not in probe_paths and host_name(request.host) not in allowed_hosts:
                 raise Forbidden(f"host '{request.host}' is not in server.allowed_hosts")
             preflight = cors_gate(request)
             if preflight is not None:
@@ -145,27 +151,14 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
                 return response
             if not rec.bytes_out:  # a body built whole here (listings, probes): count it too
                 rec.bytes_out = _body_size(response)
-        except GatewayError as err:
+        except (asyncio.CancelledError, ConnectionResetError):  # the client left: nothing to answer
+            rec.status = 499
+            rec.error = rec.error or "client_closed"
+            raise
+        except Exception as exc:  # every other failure becomes one error response, in the path's dialect
+            err = _as_gateway_error(exc, request, rid)
             rec.status = err.status
-            response = error_response(path, err, rid)
-            rec.bytes_out = _body_size(response)
-        except web.HTTPException as exc:
-            converted = _aiohttp_error(exc)
-            rec.status = converted.status
-            response = error_response(path, converted, rid)
-            rec.bytes_out = _body_size(response)
-        except asyncio.CancelledError:
-            rec.status = 499
-            rec.error = rec.error or "client_closed"
-            raise
-        except ConnectionResetError:  # the client left while we wrote to it: nothing to answer
-            rec.status = 499
-            rec.error = rec.error or "client_closed"
-            raise
-        except Exception:
-            log.exception("unexpected error handling %s %s (request id %s)", request.method, path, rid)
-            rec.status = 500
-            response = error_response(path, GatewayError(f"internal gateway error (request id {rid})"), rid)
+            response = error_response(path, err)
             rec.bytes_out = _body_size(response)
         finally:
             if rec.end is None:
@@ -182,6 +175,10 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
     return entry
 
 
+def _authenticator(auth: AuthConfig, metrics: Metrics | None) -> Authenticator:
+    return Authenticator(auth, on_failure=metrics.auth_failure if metrics else None)
+
+
 def build_state(config: GatewayConfig) -> GatewayState:
     backends = tuple(Backend(b, i) for i, b in enumerate(config.backends))
     metrics = None
@@ -192,7 +189,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
         )
     authenticator = None
     if config.auth is not None:
-        authenticator = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None)
+        authenticator = _authenticator(config.auth, metrics)
     return GatewayState(
         config=config,
         backends=backends,
@@ -270,7 +267,7 @@ def reload_credentials(app: web.Application, config: GatewayConfig) -> None:
     if (config.auth is None) != (state.config.auth is None):
         raise ValueError("turning auth on or off needs a restart (the listen-address safety check depends on it)")
     metrics = state.metrics
-    new = Authenticator(config.auth, on_failure=metrics.auth_failure if metrics else None) if config.auth else None
+    new = _authenticator(config.auth, metrics) if config.auth else None
     old, state.authenticator = state.authenticator, new
     if old is not None:
         old.close()

@@ -275,26 +275,34 @@ class Authenticator:
         A client that keeps sending the same accepted header costs one keyed digest of its value
         and one cache lookup, no parsing. Only for one Authorization header on aiohttp's headers.
         """
-        if not self._enabled:
-            return ANONYMOUS
-        if type(headers) is CIMultiDictProxy and (header := headers.get("Authorization")) is not None:
-            known = self._by_header.peek(self._header_tag(header))
-            if known is not None and len(headers.getall("Authorization")) == 1:
-                return known
-        return None
+        return self._known(headers, self._header_tag(headers))
 
     async def authenticate(self, headers: Mapping[str, str], remote: str) -> Principal:
         """The caller's Principal; raises Unauthorized (401) or TooManyRequests (429)."""
-        known = self.cached(headers)
+        if not self._enabled:
+            return ANONYMOUS
+        tag = self._header_tag(headers)
+        known = self._known(headers, tag)
         if known is not None:
             return known
         principal, cred = await self._authenticate(headers, remote)
-        if cred.source == "Authorization" and type(headers) is CIMultiDictProxy:
-            self._by_header.put(self._header_tag(headers["Authorization"]), principal)
+        if tag is not None and cred.source == "Authorization":
+            self._by_header.put(tag, principal)
         return principal
 
-    def _header_tag(self, header: str) -> bytes:
+    def _header_tag(self, headers: Mapping[str, str]) -> bytes | None:
+        """A keyed digest of the Authorization header's value (aiohttp's headers only), or None."""
+        if type(headers) is not CIMultiDictProxy or (header := headers.get("Authorization")) is None:
+            return None
         return hashlib.blake2b(_utf8(header), key=self._tag_key, digest_size=32, person=b"header").digest()
+
+    def _known(self, headers: Mapping[str, str], tag: bytes | None) -> Principal | None:
+        if tag is None:
+            return None
+        known = self._by_header.peek(tag)
+        if known is not None and len(headers.getall("Authorization")) == 1:  # type: ignore[attr-defined]
+            return known
+        return None
 
     async def _authenticate(self, headers: Mapping[str, str], remote: str) -> tuple[Principal, Credential]:
         cred = extract_credential(headers)

@@ -256,7 +256,7 @@ def _parse_server(s: _Section) -> ServerConfig:
         host=host,
         port=port,
         max_body_size=max_body,
-        allowed_hosts=tuple(h.lower() for h in allowed_hosts),
+        allowed_hosts=tuple(h.strip("[]").lower() for h in allowed_hosts),  # IPv6 with or without brackets
         trusted_proxies=tuple(proxies),
         tls=tls,
         allow_unauthenticated_remote=remote,

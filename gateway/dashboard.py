@@ -109,14 +109,14 @@ class _Snapshots:
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
-        self._last: tuple[int, dict[str, Any]] | None = None
+        self._last: tuple[dict[str, Any], dict[str, Any]] | None = None  # (snapshot, merged)
 
     def get(self) -> dict[str, Any]:
         snap = self.metrics.snapshot(max_age=SNAPSHOT_MAX_AGE)
-        if self._last is not None and self._last[0] == id(snap):
+        if self._last is not None and self._last[0] is snap:  # the object itself, kept alive: never a reused id
             return self._last[1]
         merged = {**snap, **self._error_counters()}
-        self._last = (id(snap), merged)
+        self._last = (snap, merged)
         return merged
 
     def _error_counters(self) -> dict[str, Any]:

@@ -95,6 +95,18 @@ class Discovery:
                 self._last_refresh = loop.time()
             await asyncio.gather(*(self.refresh_backend(b) for b in self.backends))
 
+    def refresh_soon(self) -> None:
+        """A forced refresh in the background (after a pull, create, copy or delete); kept until stop()."""
+        task = asyncio.create_task(self.refresh(force=True))
+        self._tasks.append(task)
+        task.add_done_callback(self._forget)
+
+    def _forget(self, task: asyncio.Task[None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._tasks.remove(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.warning("model refresh failed: %r", task.exception())
+
     async def probe(self, backend: Backend) -> None:
         hc = backend.config.health_check
         try:
@@ -128,9 +140,10 @@ class Discovery:
             )
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        tasks = list(self._tasks)
+        for task in tasks:
             task.cancel()
-        for task in self._tasks:
+        for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()

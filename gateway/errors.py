@@ -156,14 +156,11 @@ def error_body(dialect: Dialect, err: GatewayError) -> bytes:
     return json.dumps(doc).encode()
 
 
-def error_response(path: str, err: GatewayError, request_id: str | None = None) -> web.Response:
-    """The only place an error body is built."""
-    response = web.Response(
+def error_response(path: str, err: GatewayError) -> web.Response:
+    """The only place an error body is built (the request id is added with every response's, in app.py)."""
+    return web.Response(
         status=err.status,
         body=error_body(dialect_for(path), err),
         content_type="application/json",
         headers=err.headers,
     )
-    if request_id:
-        response.headers["X-Request-Id"] = request_id
-    return response

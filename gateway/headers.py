@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "client_address",
+    "host_name",
     "downstream_headers",
     "upstream_headers",
 ]
@@ -108,6 +109,16 @@ def downstream_headers(headers: CIMultiDictProxy[str], *, streamed: bool) -> CIM
         out["Cache-Control"] = "no-cache"
         out["X-Accel-Buffering"] = "no"
     return out
+
+
+def host_name(host: str | None) -> str:
+    """The name in a ``Host`` header value, lower-cased, without port or IPv6 brackets."""
+    if not host:
+        return ""
+    if host.startswith("["):  # [v6]:port or [v6]
+        end = host.find("]")
+        return host[1:end].lower() if end > 0 else host.lower()
+    return host.rsplit(":", 1)[0].lower()
 
 
 def client_address(

@@ -14,7 +14,7 @@ import asyncio
 import io
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -22,10 +22,10 @@ from aiohttp import web
 
 from .auth import ANONYMOUS
 from .backends import Backend
-from .credentials import model_allowed
 from .errors import (
     BadGateway,
     BadRequest,
+    Dialect,
     Forbidden,
     GatewayError,
     GatewayTimeout,
@@ -66,6 +66,13 @@ class Endpoint:
     new_model: bool = False  # the model may not exist yet (pull, create, blobs): any Ollama may take it
     changes_models: bool = False  # refresh discovery afterwards
     openai_stream: bool = False  # OpenAI-style "stream"/"stream_options" semantics
+    # Derived from ``path`` once, not per request:
+    dialect: Dialect = field(init=False)
+    counts_usage: bool = field(init=False)  # token counts are read from its responses
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "dialect", dialect_for(self.path))
+        object.__setattr__(self, "counts_usage", self.path in USAGE_ENDPOINTS)
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -102,11 +109,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
-    if not body.strip():
+    if not body or body.isspace():  # not body.strip(): that would copy a body of up to max_body_size
         raise BadRequest("request body is empty; expected a JSON object")
     try:
         payload = json.loads(body)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # UnicodeDecodeError included
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(payload).__name__}")
@@ -159,11 +166,14 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
     elif request.method != "HEAD":
         body = request.content  # blobs: stream the upload through, never hold it in memory
 
-    candidates, model = await choose_backends(request, state, spec, requested)
-    if requested and not (model_allowed(principal.models, requested) or model_allowed(principal.models, model)):
+    # Before routing: a name outside the caller's scope is 403 whether or not it exists (no probing).
+    if requested and not (
+        principal.may_use(requested) or principal.may_use(state.router.aliases.get(requested, requested))
+    ):
         raise Forbidden(
             f"model '{requested}' is not allowed for '{principal.name}'", param="model", code="model_not_allowed"
         )
+    candidates, model = await choose_backends(request, state, spec, requested)
     rec.model = model
 
     transform: UsageStripper | None = None
@@ -187,7 +197,7 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         response = await forward(request, state, spec, rec, candidates, body, transform)
     finally:
         if spec.changes_models and state.discovery is not None:
-            asyncio.get_running_loop().create_task(state.discovery.refresh(force=True))
+            state.discovery.refresh_soon()
     return response
 
 
@@ -241,7 +251,6 @@ async def forward(
     config = state.config
     metrics = state.metrics
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
-    dialect = dialect_for(spec.path)
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
     error: GatewayError | None = None
     for i, backend in enumerate(attempts):
@@ -293,10 +302,10 @@ async def forward(
                     request,
                     upstream,
                     rec,
-                    dialect=dialect,
+                    dialect=spec.dialect,
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
-                    count_usage=metrics is not None and spec.path in USAGE_ENDPOINTS,
+                    count_usage=metrics is not None and spec.counts_usage,
                     transform=transform,
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,

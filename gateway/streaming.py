@@ -123,11 +123,11 @@ class _Pipe:
             self.upstream.wake()
             return
         self.watchdog.last = self.loop.time()
-        if self.scan is not None:
-            self.scan(data)
         self.rec.bytes_out += len(data)
         self.last = data
         transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        if self.scan is not None:  # after the write: counting never delays a token
+            self.scan(data)
         if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
             self.congested = True
             self.upstream.pause()
@@ -225,15 +225,15 @@ async def relay(
             else:
                 watchdog.first_chunk(now)
                 rec.first_byte = now
-            if scan is not None:
-                scan(chunk)
+            raw = chunk
             if transform is not None:
                 chunk = transform.feed(chunk)
-                if not chunk:
-                    continue
-            last = chunk
-            rec.bytes_out += len(chunk)
-            await response.write(chunk)
+            if chunk:
+                last = chunk
+                rec.bytes_out += len(chunk)
+                await response.write(chunk)
+            if scan is not None:  # after the write: counting never delays a token
+                scan(raw)
             if pipe is not None:  # the head went out with this chunk: the rest by callback
                 try:
                     await pipe.run(request)

@@ -24,7 +24,7 @@ async def test_every_response_kind_carries_cors(
         "backends": [backend_entry(ok, max_concurrency=1), backend_entry(broken)],
         "routing": {"queue_size": 0},
         "auth": {"api_keys": [{"name": "web", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest(),
-                               "models": ["m", "bad"]}]},
+                               "models": ["m*", "bad"]}]},
         "cors": {"allow_origins": ["https://*.example.com"]},
     })  # fmt: skip
     auth = {"Origin": ORIGIN, "Authorization": f"Bearer {KEY}"}
@@ -35,7 +35,7 @@ async def test_every_response_kind_carries_cors(
         assert holder.status == 200
         cases = [
             ("POST", "/api/chat", {"Origin": ORIGIN}, b'{"model": "m"}', 401),
-            ("POST", "/api/chat", auth, b'{"model": "other"}', 404),
+            ("POST", "/api/chat", auth, b'{"model": "m-missing"}', 404),  # in scope, served by nobody
             ("POST", "/api/pull", auth, b'{"model": "m"}', 403),
             ("POST", "/api/chat", auth, b'{"model": "m", "pad": "' + b"x" * 4096 + b'"}', 413),
             ("POST", "/api/chat", auth, b'{"model": "m"}', 429),  # "ok" is busy with the stream, no queue

@@ -64,7 +64,9 @@ def make_standalone_app(allow_origin: str, gate: asyncio.Queue[None], hits: list
         try:
             return await handler(request)
         except GatewayError as err:
-            return error_response(request.path, err, request_id="req-browser-1")
+            response = error_response(request.path, err)
+            response.headers["X-Request-Id"] = "req-browser-1"
+            return response
 
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:

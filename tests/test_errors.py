@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import logging
 
 import aiohttp
 import openai
@@ -196,3 +197,32 @@ def test_error_bodies_are_valid_json_of_the_dialect_shape(
     assert json.loads(error_body(Dialect.OLLAMA, err)) == {"error": message}
     anthropic_doc = json.loads(error_body(Dialect.ANTHROPIC, err))
     assert anthropic_doc["type"] == "error" and anthropic_doc["error"]["message"] == message
+
+
+async def test_an_unexpected_exception_is_a_logged_500_in_dialect_with_the_request_id(
+    backend_factory: BackendFactory,
+    gateway_factory: GatewayFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import gateway.proxy
+
+    async def broken(*args: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(gateway.proxy, "choose_backends", broken)
+    backend = await backend_factory("desktop", models=["m"])
+    gw = await gateway_factory({"backends": [backend_entry(backend)]})
+    caplog.set_level(logging.ERROR, logger="gateway")
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Request-Id": "trace-500"}
+        async with http.post(f"{gw.url}/v1/chat/completions", json={"model": "m"}, headers=headers) as resp:
+            assert resp.status == 500 and resp.headers["X-Request-Id"] == "trace-500"
+            error = (await resp.json())["error"]
+            assert error["message"] == "internal gateway error (request id trace-500)"
+        async with http.post(f"{gw.url}/api/chat", json={"model": "m"}) as resp:
+            assert resp.status == 500
+            assert (await resp.json())["error"].startswith("internal gateway error (request id ")
+    logged = [r for r in caplog.records if r.name == "gateway" and r.exc_info]
+    assert len(logged) == 2 and "trace-500" in logged[0].getMessage()
+    assert not backend.requests

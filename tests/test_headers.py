@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from gateway.headers import HOP_BY_HOP, client_address, downstream_headers, upstream_headers
+from gateway.headers import HOP_BY_HOP, client_address, downstream_headers, host_name, upstream_headers
 
 from .conftest import BackendFactory, GatewayFactory, backend_entry
 
@@ -128,3 +128,31 @@ def test_every_backend_access_control_header_is_dropped_downstream() -> None:
     out = downstream_headers(CIMultiDictProxy(raw), streamed=True)
     assert [n.lower() for n in out if n.lower().startswith("access-control-")] == []
     assert out["Content-Type"] == "text/event-stream" and out["X-Access-Control-Note"] == "kept"
+
+
+def test_host_name_drops_port_and_ipv6_brackets() -> None:
+    cases = {
+        "Example.COM:8080": "example.com",
+        "gpu-box": "gpu-box",
+        "[::1]:8080": "::1",
+        "[::1]": "::1",
+        "127.0.0.1:80": "127.0.0.1",
+        "": "",
+        None: "",
+    }
+    assert {k: host_name(k) for k in cases} == cases
+
+
+async def test_allowed_hosts_refuses_other_names_but_not_probes(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    backend = await backend_factory("desktop", models=["m"])
+    gw = await gateway_factory({"backends": [backend_entry(backend)], "server": {"allowed_hosts": ["gw.lan", "[::1]"]}})
+    async with aiohttp.ClientSession() as http:
+        for host, status in (("gw.lan:8080", 200), ("[::1]", 200), ("evil.example", 403), ("127.0.0.1", 403)):
+            async with http.get(f"{gw.url}/api/tags", headers={"Host": host}) as resp:
+                assert resp.status == status, host
+                if status == 403:
+                    assert "server.allowed_hosts" in (await resp.json())["error"]
+        async with http.get(f"{gw.url}/healthz", headers={"Host": "10.0.0.7:8080"}) as resp:
+            assert resp.status == 200  # probes address the gateway by pod IP
