@@ -50,8 +50,6 @@ class Backend:
     in_flight: int = 0
     waiting: int = 0
     models: dict[str, DiscoveredModel] = field(default_factory=dict)  # lookup key -> model
-    running: list[Mapping[str, Any]] = field(default_factory=list)  # Ollama /api/ps entries
-    discovered: bool = False
     models_version: int = 0
     _ok_streak: int = 0
     _fail_streak: int = 0
@@ -89,7 +87,6 @@ class Backend:
         if fresh.keys() != self.models.keys():
             self.models_version += 1  # invalidates the router's cache
         self.models = fresh
-        self.discovered = True
 
     def record_probe(self, ok: bool) -> bool:
         """Count a health probe result; returns the (possibly changed) up state (rise/fall hysteresis)."""

@@ -123,6 +123,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {reason}", file=sys.stderr)
         return EXIT_CONFIG
     _setup_logging(config)
+    if config.auth is not None:
+        from .secrets import config_warnings
+
+        for line in config_warnings(config.auth):
+            logging.getLogger("gateway").warning("%s", line)
     try:
         return run(config, server.host, server.port, args.workers, find_config_file(args.config))
     except OSError as exc:

@@ -7,7 +7,6 @@
     ├── NotFound                404  unknown model or path
     ├── MethodNotAllowed        405
     ├── PayloadTooLarge         413  body over server.max_body_size
-    ├── UnsupportedMediaType    415
     ├── TooManyRequests         429  (+ Retry-After)
     ├── BadGateway              502  backend unreachable, broke the protocol, or rejected our key
     ├── ServiceUnavailable      503  no healthy backend for the model
@@ -39,7 +38,6 @@ __all__ = [
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
-    "UnsupportedMediaType",
     "dialect_for",
     "error_body",
     "error_response",
@@ -114,12 +112,6 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     anthropic_type = "request_too_large"
-
-
-class UnsupportedMediaType(GatewayError):
-    status = 415
-    type = "invalid_request_error"
-    anthropic_type = "invalid_request_error"
 
 
 class TooManyRequests(GatewayError):

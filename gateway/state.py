@@ -8,7 +8,7 @@ which makes the change atomic for every request that starts afterwards.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import aiohttp
@@ -40,7 +40,6 @@ class GatewayState:
     authenticator: Authenticator | None  # None: no auth configured
     session: aiohttp.ClientSession | None = None  # opened in the app's cleanup context
     discovery: Discovery | None = None
-    streams: set[web.StreamResponse] = field(default_factory=set)
     # The serving loop, kept at startup: on Python 3.11 every asyncio.get_running_loop() call
     # makes a getpid() system call, which the per-request path should not pay.
     loop: asyncio.AbstractEventLoop | None = None

@@ -1,10 +1,4 @@
-"""The status page through a real gateway: ``/dashboard/data`` after real requests, auth rules, the HTML.
-
-Until ``app.py`` registers the dashboard, ``wire_dashboard`` adds the routes to every app the
-``gateway_factory`` fixture builds and lists ``/dashboard`` as public, both only when missing, so
-these tests check the module now and the real wiring once it exists
-(``test_create_app_wires_the_dashboard`` then checks that wiring itself).
-"""
+"""The status page through a real gateway: ``/dashboard/data`` after real requests, auth rules, the HTML."""
 
 from __future__ import annotations
 
@@ -18,19 +12,15 @@ import bcrypt
 import pytest
 from aiohttp import web
 
-import gateway.app as app_module
 import gateway.dashboard as dashboard
-from gateway.config import GatewayConfig
+from gateway.app import create_app, public_paths
 from gateway.configfile import parse_config
-from gateway.dashboard import DASHBOARD_PATH, DATA_PATH, add_dashboard_routes, content_security_policy
+from gateway.dashboard import DASHBOARD_PATH, DATA_PATH, content_security_policy
 
-from . import conftest
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 
 ADMIN_KEY = "sk-dash-admin"
 USER_KEY = "sk-dash-user"
-REAL_CREATE_APP = app_module.create_app
-REAL_PUBLIC_PATHS = app_module.public_paths
 
 
 def sha256_entry(name: str, key: str, admin: bool = False) -> dict[str, Any]:
@@ -41,26 +31,14 @@ def has_dashboard(app: web.Application) -> bool:
     return any(r.resource is not None and r.resource.canonical == DATA_PATH for r in app.router.routes())
 
 
-def wire_dashboard(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Make ``gateway_factory`` apps serve the dashboard as app.py will: routes added, page public."""
-
-    def public_paths(config: GatewayConfig) -> frozenset[str]:
-        return REAL_PUBLIC_PATHS(config) | {DASHBOARD_PATH}
-
-    def create_app(config: GatewayConfig) -> web.Application:
-        app = REAL_CREATE_APP(config)
-        if not has_dashboard(app):
-            add_dashboard_routes(app)
-        return app
-
-    monkeypatch.setattr(app_module, "public_paths", public_paths)
-    monkeypatch.setattr(conftest, "create_app", create_app)
-    monkeypatch.setattr(dashboard, "SNAPSHOT_MAX_AGE", 0.0)  # every poll sees the latest counters
+def fresh_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every poll sees the latest counters (the page's 1 s snapshot cache off)."""
+    monkeypatch.setattr(dashboard, "SNAPSHOT_MAX_AGE", 0.0)
 
 
 @pytest.fixture(autouse=True)
-def _wired(monkeypatch: pytest.MonkeyPatch) -> None:
-    wire_dashboard(monkeypatch)
+def _fresh(monkeypatch: pytest.MonkeyPatch) -> None:
+    fresh_snapshots(monkeypatch)
 
 
 async def get_data(http: aiohttp.ClientSession, gw: RunningGateway, **headers: str) -> dict[str, Any]:
@@ -194,9 +172,9 @@ async def test_data_fails_closed_when_made_public(
     backend_factory: BackendFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:  # fmt: skip
-    monkeypatch.setattr(
-        app_module, "public_paths", lambda config: REAL_PUBLIC_PATHS(config) | {DASHBOARD_PATH, DATA_PATH}
-    )
+    import gateway.app
+
+    monkeypatch.setattr(gateway.app, "public_paths", lambda config: public_paths(config) | {DATA_PATH})
     backend = await backend_factory("desktop")
     gw = await gateway_factory(
         {"backends": [backend_entry(backend)], "auth": {"api_keys": [sha256_entry("ops", ADMIN_KEY, True)]}}
@@ -230,9 +208,8 @@ async def test_page_is_public_static_and_locked_down(authed: RunningGateway, htt
 
 
 def test_create_app_wires_the_dashboard() -> None:
-    """Once app.py registers the dashboard, the page must be public and the data must not be."""
+    """The page is served and public; its data is served and never public."""
     config = parse_config({"backends": [{"name": "a", "url": "http://127.0.0.1:9"}]}, "<test>")
-    if not has_dashboard(REAL_CREATE_APP(config)):
-        pytest.skip("app.py does not call add_dashboard_routes yet")
-    assert DASHBOARD_PATH in REAL_PUBLIC_PATHS(config)
-    assert DATA_PATH not in REAL_PUBLIC_PATHS(config)
+    assert has_dashboard(create_app(config))
+    assert DASHBOARD_PATH in public_paths(config)
+    assert DATA_PATH not in public_paths(config)

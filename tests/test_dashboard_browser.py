@@ -32,7 +32,7 @@ from gateway.dashboard import DASHBOARD_PATH
 from .browser import browser_page
 from .conftest import GatewayFactory, RunningGateway
 from .fakes import FakeBackend
-from .test_dashboard import ADMIN_KEY, USER_KEY, sha256_entry, wire_dashboard
+from .test_dashboard import ADMIN_KEY, USER_KEY, fresh_snapshots, sha256_entry
 
 if TYPE_CHECKING:
     from playwright.async_api import Page
@@ -94,7 +94,7 @@ def closed_port() -> int:
 @pytest.fixture
 async def lab(gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[RunningGateway]:
     """The home lab: desktop (Ollama), gpu-box (vLLM), laptop (Ollama, switched off)."""
-    wire_dashboard(monkeypatch)
+    fresh_snapshots(monkeypatch)
     words = [f"tok{i} " for i in range(24)]
     desktop = SlowBackend("desktop", models=["llama3.2:latest", "qwen2.5:7b"], chunks=words,
                           first_byte=(0.08, 0.45), per_token=0.012, seed=1)  # fmt: skip
@@ -208,7 +208,7 @@ async def test_dashboard_under_load(lab: RunningGateway) -> None:
 async def test_dashboard_without_auth_needs_no_key(
     gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    wire_dashboard(monkeypatch)
+    fresh_snapshots(monkeypatch)
     backend = await FakeBackend("desktop").start()
     try:
         gw = await gateway_factory({"backends": [{"name": "desktop", "url": backend.url}]})

@@ -72,8 +72,9 @@ async def test_body_over_max_body_size_is_413(backend_factory: BackendFactory, g
     backend = await backend_factory("desktop", models=["m:latest"])
     gw = await gateway_factory({"server": {"max_body_size": "64KiB"}, "backends": [backend_entry(backend)]})
     big = json.dumps({"model": "m", "prompt": "x" * 70_000}).encode()
-    status, doc, _ = await post(gw, "/api/generate", big)
-    assert status == 413 and isinstance(doc, dict) and "max_body_size" in doc["error"]
+    status, doc, _ = await post(gw, "/api/generate", big)  # refused on its Content-Length, before reading
+    assert status == 413 and isinstance(doc, dict)
+    assert doc["error"] == f"request body is {len(big)} bytes; the limit (server.max_body_size) is 65536"
     status, doc, _ = await post(gw, "/v1/completions", big)
     assert status == 413 and isinstance(doc, dict) and "max_body_size" in doc["error"]["message"]
 
@@ -83,6 +84,9 @@ async def test_body_over_max_body_size_is_413(backend_factory: BackendFactory, g
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{gw.url}/api/generate", data=chunked()) as resp:
             assert resp.status == 413
+            assert (await resp.json())[
+                "error"
+            ] == "request body exceeds the limit (server.max_body_size) of 65536 bytes"
     ok = json.dumps({"model": "m", "prompt": "x" * 60_000, "stream": False}).encode()
     status, _, _ = await post(gw, "/api/generate", ok)
     assert status == 200
@@ -226,3 +230,48 @@ async def test_an_unexpected_exception_is_a_logged_500_in_dialect_with_the_reque
     logged = [r for r in caplog.records if r.name == "gateway" and r.exc_info]
     assert len(logged) == 2 and "trace-500" in logged[0].getMessage()
     assert not backend.requests
+
+
+async def test_a_small_body_cut_short_or_stalled_is_502_or_504_not_a_truncated_200(
+    gateway_factory: GatewayFactory,
+) -> None:
+    """Small complete-length bodies are read whole before anything is sent, so a backend that fails
+    half-way still gets a proper error in the endpoint's dialect."""
+    stall = asyncio.Event()
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        if not head.startswith(b"POST"):  # probes and discovery
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\n" + b'{"data": []}')
+            await writer.drain()
+            writer.close()
+            return
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        writer.write(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"id":')
+        await writer.drain()
+        if b"stall" in head:
+            await stall.wait()  # never finishes the body
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        entry = {"name": "flaky", "url": f"http://127.0.0.1:{port}", "type": "openai", "models": ["m"],
+                 "timeouts": {"first_byte": "0.5s"}}  # fmt: skip
+        gw = await gateway_factory({"backends": [entry]})
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "m", "messages": []}
+            async with http.post(f"{gw.url}/v1/chat/completions", json=body) as resp:
+                assert resp.status == 502
+                message = (await resp.json())["error"]["message"]
+                assert message == "the backend closed the connection in the middle of the response"
+            async with http.post(f"{gw.url}/v1/chat/completions?stall", json=body) as resp:
+                assert resp.status == 504
+                message = (await resp.json())["error"]["message"]
+                assert message == "the backend stopped sending in the middle of the response"
+        assert gw.sample("gateway_upstream_errors_total", backend="flaky", reason="reset") == 1
+        assert gw.sample("gateway_upstream_errors_total", backend="flaky", reason="timeout") == 1
+    finally:
+        stall.set()
+        server.close()

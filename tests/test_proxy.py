@@ -227,7 +227,8 @@ async def test_other_paths_are_404_not_an_open_proxy(single: tuple[FakeBackend, 
                 else:
                     assert body["error"]["type"] == "invalid_request_error"
         async with http.get(f"{gw.url}/v1/chat/completions") as resp:
-            assert resp.status == 405
+            assert resp.status == 405 and resp.headers["Allow"] == "POST"
+            assert (await resp.json())["error"]["message"] == "method not allowed"
     assert not backend.requests
 
 

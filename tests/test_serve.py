@@ -74,6 +74,7 @@ async def test_sighup_reloads_credentials(tmp_path: Path, backend_factory: Backe
             "api_keys": [
                 {"name": "laptop", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()},
                 {"name": "spare", "hash": "sha256:" + "0" * 64},
+                {"name": "spare", "hash": "sha256:" + "1" * 64},  # a weak setup: warned about at startup
             ]
         },  # fmt: skip
     }
@@ -85,11 +86,13 @@ async def test_sighup_reloads_credentials(tmp_path: Path, backend_factory: Backe
                 assert resp.status == 200
             config.write_text("auth: [broken")  # a bad file keeps the old credentials
             proc.send_signal(signal.SIGHUP)
+            assert proc.stderr is not None
+            seen = b""
+            while b"reload failed" not in seen:  # wait until the reload was really tried
+                seen += await asyncio.wait_for(proc.stderr.readline(), 10)
+            async with http.get(f"{url}/api/tags", headers=headers) as resp:
+                assert resp.status == 200
             doc["auth"]["api_keys"] = doc["auth"]["api_keys"][1:]  # revoke "laptop"
-            for _ in range(100):
-                async with http.get(f"{url}/api/tags", headers=headers) as resp:
-                    assert resp.status == 200
-                    break
             config.write_text(yaml.safe_dump(doc))
             proc.send_signal(signal.SIGHUP)
             for _ in range(100):
@@ -101,6 +104,7 @@ async def test_sighup_reloads_credentials(tmp_path: Path, backend_factory: Backe
                 raise AssertionError("the revoked key still works after SIGHUP")
     assert proc.returncode == 0
     assert proc.stderr is not None
-    log = (await proc.stderr.read()).decode()
+    log = (seen + await proc.stderr.read()).decode()
     assert "reload failed, keeping the previous credentials" in log
     assert "reloaded credentials from" in log and KEY not in log
+    assert "auth.api_keys[2].name: 'spare' is also the name of auth.api_keys[1]" in log  # startup warning
