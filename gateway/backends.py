@@ -17,18 +17,10 @@ from yarl import URL
 
 from .config import BackendConfig
 from .errors import ServiceUnavailable, TooManyRequests
+from .names import ollama_canonical
 from .upstream import UpstreamPool
 
-__all__ = ["Backend", "DiscoveredModel", "ollama_canonical"]
-
-
-def ollama_canonical(name: str) -> str:
-    """``llama3.2`` -> ``llama3.2:latest``; names that carry a tag are left alone.
-
-    The tag is what follows the last ``:`` after the last ``/`` (``hf.co/org/repo:Q4`` has one,
-    ``host:5000/repo`` does not).
-    """
-    return name if ":" in name.rsplit("/", 1)[-1] else f"{name}:latest"
+__all__ = ["Backend", "DiscoveredModel"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,8 +16,9 @@ import binascii
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from fnmatch import fnmatchcase
 from typing import Literal
+
+from .names import globs_match
 
 __all__ = [
     "MAX_SECRET_LENGTH",
@@ -140,17 +141,6 @@ def extract_credential(headers: Mapping[str, str]) -> Credential | None | Malfor
     return None
 
 
-def _name_variants(model: str) -> tuple[str, ...]:
-    """``model`` plus its Ollama twin: ``x`` <-> ``x:latest`` (the tag follows the last '/')."""
-    slash = model.rfind("/")
-    colon = model.rfind(":")
-    if colon <= slash:  # no tag
-        return (model, model + ":latest") if model else (model,)
-    if model[colon + 1 :] == "latest":
-        return model, model[:colon]
-    return (model,)
-
-
 def model_allowed(globs: tuple[str, ...], model: str) -> bool:
     """True when a case-sensitive glob matches ``model`` or its ``:latest`` twin. Never raises."""
     if not isinstance(model, str):
@@ -158,7 +148,6 @@ def model_allowed(globs: tuple[str, ...], model: str) -> bool:
     if "*" in globs:  # the common "everything" scope: no matching needed
         return True
     try:
-        variants = _name_variants(model)
-        return any(fnmatchcase(name, glob) for glob in globs for name in variants)
+        return globs_match(globs, model)
     except Exception:  # a glob fnmatch cannot compile: deny rather than crash
         return False

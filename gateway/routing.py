@@ -12,11 +12,11 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
 
-from .backends import Backend, ollama_canonical
+from .backends import Backend
+from .names import globs_match, ollama_canonical
 
-__all__ = ["Route", "Router", "glob_matches"]
+__all__ = ["Route", "Router"]
 
 MAX_CACHED_ROUTES = 4096
 
@@ -26,16 +26,6 @@ class Route:
     requested: str  # what the client sent
     model: str  # the real model name sent upstream (after aliases)
     backends: tuple[Backend, ...]  # every backend serving it, config order
-
-
-def glob_matches(globs: Sequence[str], name: str, ollama: bool) -> bool:
-    """Whether ``name`` matches one of ``globs``; for Ollama, with and without ``:latest``."""
-    names: tuple[str, ...] = (name,)
-    if ollama:
-        canonical = ollama_canonical(name)
-        bare = canonical.removesuffix(":latest")
-        names = (name, canonical, bare)
-    return any(fnmatchcase(n, g) for g in globs for n in names)
 
 
 class Router:
@@ -71,7 +61,7 @@ class Router:
     def serves(backend: Backend, model: str) -> bool:
         globs = backend.config.models
         if globs is not None:
-            return glob_matches(globs, model, backend.is_ollama)
+            return globs_match(globs, model, backend.is_ollama)
         return backend.lookup_key(model) in backend.models
 
     def order(self, route: Route) -> list[Backend]:
@@ -90,7 +80,7 @@ class Router:
         names = [m.name for m in backend.models.values()]
         if globs is None:
             return names
-        listed = [n for n in names if glob_matches(globs, n, backend.is_ollama)]
+        listed = [n for n in names if globs_match(globs, n, backend.is_ollama)]
         seen = {backend.lookup_key(n) for n in listed}
         for g in globs:
             if not any(c in g for c in "*?[") and backend.lookup_key(g) not in seen:
