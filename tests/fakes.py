@@ -25,6 +25,8 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
+from gateway.record import RequestRecord
+
 PROMPT_TOKENS = 7
 
 
@@ -267,3 +269,11 @@ class FakeBackend:
         inputs = payload["input"] if isinstance(payload["input"], list) else [payload["input"]]
         doc = {"model": payload["model"], "embeddings": [[0.1, 0.2]] * len(inputs), "prompt_eval_count": PROMPT_TOKENS}
         return web.json_response(doc, headers=self._headers())
+
+
+def make_record(**values: Any) -> RequestRecord:
+    """A RequestRecord for tests that need no server: required fields defaulted, any field by keyword."""
+    rec = RequestRecord("r1", "POST", "/v1/chat/completions", "127.0.0.1", False, 0.0)
+    for key, value in values.items():
+        setattr(rec, key, value)  # slots: a misspelt field name raises
+    return rec

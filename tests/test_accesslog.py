@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-from dataclasses import MISSING, fields
 from typing import Any
 
 import aiohttp
@@ -14,38 +13,19 @@ import pytest
 from gateway.accesslog import AccessLog
 from gateway.record import RequestRecord
 
+from . import fakes
 from .conftest import BackendFactory, GatewayFactory, backend_entry
 
 LOGGER = "gateway.access.test"
 
 
 def make_record(**overrides: Any) -> RequestRecord:
-    values: dict[str, Any] = {
-        "request_id": "req-7f3a",
-        "method": "POST",
-        "path": "/v1/chat/completions",
-        "remote": "192.0.2.7",
-        "start": 50.0,
-    }
-    for f in fields(RequestRecord):  # tolerate required fields added later
-        if f.default is MISSING and f.default_factory is MISSING and f.name not in values:
-            values[f.name] = False if f.type in ("bool", bool) else ""
-    rec = RequestRecord(**values)
-    defaults: dict[str, Any] = {
-        "endpoint": "/v1/chat/completions",
-        "client": "laptop",
-        "model": "llama3.2:3b",
-        "backend": "desktop",
-        "status": 200,
-        "bytes_out": 5120,
-        "first_byte": 50.2124,
-        "end": 54.2109,
-        "prompt_tokens": 26,
-        "completion_tokens": 282,
-    }
-    for key, value in {**defaults, **overrides}.items():
-        setattr(rec, key, value)
-    return rec
+    return fakes.make_record(**{
+        "request_id": "req-7f3a", "path": "/v1/chat/completions", "remote": "192.0.2.7", "start": 50.0,
+        "endpoint": "/v1/chat/completions", "client": "laptop", "model": "llama3.2:3b", "backend": "desktop",
+        "status": 200, "bytes_out": 5120, "first_byte": 50.2124, "end": 54.2109,
+        "prompt_tokens": 26, "completion_tokens": 282, **overrides,
+    })  # fmt: skip
 
 
 @pytest.fixture

@@ -9,7 +9,6 @@ import shutil
 import string
 import subprocess
 import time
-from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +23,8 @@ from gateway.metrics import (
     prepare_multiprocess_dir,
 )
 from gateway.record import RequestRecord
+
+from . import fakes
 
 CHAT = "/v1/chat/completions"
 NAMES = [
@@ -40,29 +41,10 @@ NAMES = [
 
 
 def make_record(**overrides: Any) -> RequestRecord:
-    values_: dict[str, Any] = {
-        "request_id": "r1",
-        "method": "POST",
-        "path": CHAT,
-        "remote": "127.0.0.1",
-        "start": 100.0,
-    }
-    for f in fields(RequestRecord):  # tolerate required fields added later
-        if f.default is MISSING and f.default_factory is MISSING and f.name not in values_:
-            values_[f.name] = False if f.type in ("bool", bool) else ""
-    rec = RequestRecord(**values_)
-    defaults: dict[str, Any] = {
-        "endpoint": CHAT,
-        "client": "laptop",
-        "model": "llama3.2:3b",
-        "backend": "desktop",
-        "status": 200,
-        "first_byte": 100.25,
-        "end": 102.0,
-    }
-    for key, value in {**defaults, **overrides}.items():
-        setattr(rec, key, value)
-    return rec
+    return fakes.make_record(**{
+        "path": CHAT, "start": 100.0, "endpoint": CHAT, "client": "laptop", "model": "llama3.2:3b",
+        "backend": "desktop", "status": 200, "first_byte": 100.25, "end": 102.0, **overrides,
+    })  # fmt: skip
 
 
 def sample(m: Metrics, name: str, **labels: str) -> float | None:

@@ -301,12 +301,13 @@ class _SlowClient:
 async def test_a_pipe_that_congests_before_it_waits_still_drains_and_resumes() -> None:
     """Bytes buffered before piping may fill the client's socket at once: the wake-up that asks
     for a drain then finds nobody waiting, and the relay must notice the congestion anyway."""
-    from gateway.record import RequestRecord
     from gateway.streaming import _Pipe
+
+    from .fakes import make_record
 
     loop = asyncio.get_running_loop()
     client, upstream = _SlowClient(), _HeldUpstream(b"data: buffered\n\n")
-    rec = RequestRecord("r", "POST", "/v1/chat/completions", "127.0.0.1", False, loop.time())
+    rec = make_record(start=loop.time())
     watchdog = type("Watchdog", (), {"last": 0.0})()
     pipe = _Pipe(client, True, upstream, watchdog, None, rec, loop)  # type: ignore[arg-type]
     await asyncio.wait_for(pipe.run(client), STEP)  # type: ignore[arg-type]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import MISSING, fields
 from typing import Any
 
 import pytest
@@ -14,6 +13,8 @@ from hypothesis import strategies as st
 from gateway.record import RequestRecord
 from gateway.usage import MAX_FRAME, Scanner, UsageStripper, inject_usage, make_scanner
 
+from . import fakes
+
 NDJSON = "application/x-ndjson"
 SSE = "text/event-stream; charset=utf-8"
 JSON = "application/json; charset=utf-8"
@@ -22,11 +23,7 @@ Counts = tuple[int | None, int | None, int | None, int | None]  # prompt, comple
 
 
 def new_record() -> RequestRecord:
-    values: dict[str, Any] = {"request_id": "r1", "method": "POST", "path": "/x", "remote": "127.0.0.1", "start": 0.0}
-    for f in fields(RequestRecord):  # tolerate required fields added later
-        if f.default is MISSING and f.default_factory is MISSING and f.name not in values:
-            values[f.name] = False if f.type in ("bool", bool) else ""
-    return RequestRecord(**values)
+    return fakes.make_record(path="/x")
 
 
 def counts(rec: RequestRecord) -> Counts:
