@@ -43,6 +43,7 @@ class Backend:
     waiting: int = 0
     models: dict[str, DiscoveredModel] = field(default_factory=dict)  # lookup key -> model
     models_version: int = 0
+    version: str | None = None  # an Ollama backend's version, from its health probe (GET /api/version)
     _ok_streak: int = 0
     _fail_streak: int = 0
     _slots: asyncio.Semaphore | None = None

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
@@ -26,6 +27,15 @@ __all__ = ["Discovery", "fetch_json"]
 log = logging.getLogger("gateway.discovery")
 MIN_REFRESH_GAP = 2.0
 HEALTH_PATHS = {"ollama": "/api/version", "vllm": "/health", "lmstudio": "/v1/models", "openai": "/v1/models"}
+
+
+def _version_of(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except ValueError:
+        return None
+    version = doc.get("version") if isinstance(doc, dict) else None
+    return version if isinstance(version, str) else None
 
 
 def _auth_headers(backend: Backend) -> dict[str, str]:
@@ -114,8 +124,10 @@ class Discovery:
                 async with self.session.get(
                     backend.url(HEALTH_PATHS[backend.config.type]), headers=_auth_headers(backend)
                 ) as resp:
-                    await resp.read()
+                    body = await resp.read()
                     ok = resp.status < 400
+            if ok and backend.is_ollama:  # the probe is GET /api/version: keep the answer for ours
+                backend.version = _version_of(body) or backend.version
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("health probe on backend %s failed: %r", backend.name, exc)
             ok = False

@@ -136,17 +136,13 @@ async def list_running(request: web.Request) -> web.Response:
 
 
 async def version(request: web.Request) -> web.Response:
-    """Like Ollama: the first reachable Ollama backend's version, else the gateway's own."""
-    state = request.app[STATE]
-    assert state.session is not None
-    for backend in state.backends:
-        if backend.is_ollama and backend.up:
-            try:
-                doc = await fetch_json(state.session, backend, "/api/version", backend.config.health_check.timeout)
-            except (aiohttp.ClientError, TimeoutError, ValueError):
-                continue
-            if isinstance(doc, Mapping) and isinstance(doc.get("version"), str):
-                return web.json_response({"version": doc["version"]})
+    """Like Ollama: the first healthy Ollama backend's version (as its last probe saw it), else ours.
+
+    Public, and a heartbeat for Ollama clients: answered from memory, never with a backend request.
+    """
+    for backend in request.app[STATE].backends:
+        if backend.is_ollama and backend.up and backend.version:
+            return web.json_response({"version": backend.version})
     return web.json_response({"version": __version__})
 
 

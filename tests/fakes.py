@@ -51,6 +51,7 @@ class FakeBackend:
     gate: asyncio.Queue[None] | None = None
     drop_after: int | None = None
     hang: bool = False
+    version_calls: int = 0
     status: int | None = None
     status_body: Any = None
     cors: bool = False
@@ -162,6 +163,7 @@ class FakeBackend:
         return web.json_response({"models": [{"name": m, "model": m, "size_vram": 1} for m in self.models[:1]]})
 
     async def version(self, request: web.Request) -> web.Response:
+        self.version_calls += 1  # health probes of Ollama backends (not in ``requests``)
         return web.json_response({"version": "0.12.3"})
 
     async def health(self, request: web.Request) -> web.Response:

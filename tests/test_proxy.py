@@ -95,7 +95,7 @@ async def test_ollama_chat_and_generate(single: tuple[FakeBackend, RunningGatewa
 
 
 async def test_ollama_embed_show_list_ps_version(single: tuple[FakeBackend, RunningGateway]) -> None:
-    _, gw = single
+    backend, gw = single
     client = ollama.AsyncClient(host=gw.url)
     embedded = await client.embed(model="llama3.2", input=["a", "b"])
     assert len(embedded.embeddings) == 2
@@ -106,8 +106,11 @@ async def test_ollama_embed_show_list_ps_version(single: tuple[FakeBackend, Runn
     running = await client.ps()
     assert [m.model for m in running.models] == ["llama3.2:latest"]
     async with aiohttp.ClientSession() as http:
-        async with http.get(f"{gw.url}/api/version") as resp:
-            assert await resp.json() == {"version": "0.12.3"}
+        probes = backend.version_calls
+        for _ in range(3):  # a heartbeat: answered from the last probe, no backend request each time
+            async with http.get(f"{gw.url}/api/version") as resp:
+                assert await resp.json() == {"version": "0.12.3"}
+        assert backend.version_calls == probes
         async with http.head(f"{gw.url}/") as resp:
             assert resp.status == 200
         async with http.post(f"{gw.url}/api/show", json={"name": "llama3.2"}) as resp:  # deprecated 'name'
