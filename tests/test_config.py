@@ -166,3 +166,32 @@ def test_yaml_round_trip_of_parsed_values(tmp_path: Path) -> None:
                                                  "models": ["a:*"], "weight": 2}]}))  # fmt: skip
     backend = load_config(path, env={}).backends[0]
     assert backend.timeouts.idle == 90 and backend.models == ("a:*",) and backend.weight == 2
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"server": {"max_body_size": "100B"}}, ["server.max_body_size: expected at least 1KiB, got 100 bytes"]),
+        (
+            {"server": {"tls": {"cert": "/nope.pem"}}},
+            ["server.tls.cert: file not found: /nope.pem", "server.tls.key: is required when tls is set"],
+        ),
+        ({"backends": [{"url": "http://x"}]}, ["backends[0].name: is required"]),
+        ({"backends": [{"name": "a"}]}, ["backends[0].url: is required (e.g. http://127.0.0.1:11434)"]),
+        ({"backends": []}, ["backends: expected at least one backend"]),
+        (
+            {"backends": [{"name": "bad name!", "url": "http://x"}]},
+            ["backends[0].name: expected letters, digits, '_', '.', '-' (at most 64), got 'bad name!'"],
+        ),
+    ],
+)
+def test_each_section_error_is_exact(data: dict[str, object], expected: list[str]) -> None:
+    assert errors_of(data) == expected
+
+
+def test_a_config_file_that_is_not_utf8_is_one_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "gateway.yaml"
+    path.write_bytes(b"server:\n  host: \xff\xfe\n")
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, env={})
+    assert caught.value.errors == [f"{path}: the config file is not UTF-8 text"]

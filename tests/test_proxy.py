@@ -10,6 +10,9 @@ import ollama
 import openai
 import pytest
 
+from gateway.configfile import parse_config
+from gateway.state import STATE
+
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import FakeBackend
 
@@ -369,3 +372,36 @@ async def test_an_invalid_response_head_is_502_with_reason_protocol(gateway_fact
         assert gw.sample("gateway_upstream_errors_total", backend="odd", reason="protocol") == 1
     finally:
         server.close()
+
+
+async def test_x_gateway_backend_picks_the_ollama_that_receives_a_pull(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    first = await backend_factory("first", models=["llama3.2:latest"])
+    second = await backend_factory("second", models=["qwen2.5:7b"])
+    gw = await gateway_factory({"backends": [backend_entry(first), backend_entry(second)]})
+    async with aiohttp.ClientSession() as http:
+        body = {"model": "phi4", "stream": False}
+        async with http.post(f"{gw.url}/api/pull", json=body, headers={"X-Gateway-Backend": "second"}) as resp:
+            assert resp.status == 200 and resp.headers["X-Fake-Backend"] == "second"
+        async with http.post(f"{gw.url}/api/pull", json=body, headers={"X-Gateway-Backend": "third"}) as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"] == "no backend named 'third' (X-Gateway-Backend)"
+    assert [r.path for r in second.requests] == ["/api/pull"] and not first.requests
+
+
+async def test_turning_auth_on_needs_a_restart_not_a_reload() -> None:
+    from gateway.app import create_app, reload_credentials
+
+    plain = parse_config({"backends": [{"name": "a", "url": "http://127.0.0.1:9"}]}, env={})
+    secured = parse_config(
+        {
+            "backends": [{"name": "a", "url": "http://127.0.0.1:9"}],
+            "auth": {"api_keys": [{"name": "k", "hash": "sha256:" + "0" * 64}]},
+        },
+        env={},
+    )
+    app = create_app(plain)
+    with pytest.raises(ValueError, match="turning auth on or off needs a restart"):
+        reload_credentials(app, secured)
+    assert app[STATE].authenticator is None
