@@ -63,3 +63,34 @@ async def test_every_response_kind_carries_cors(
         ) as resp:
             assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
         assert len(ok.requests) == before
+
+
+async def test_the_request_side_through_the_gateway(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    """Preflights, same-origin pages, ``null`` and CORS switched off, as the real gateway answers them."""
+    backend = await backend_factory("ok", models=["m:latest"])
+    with_cors = await gateway_factory(
+        {"backends": [backend_entry(backend)], "cors": {"allow_origins": ["https://*.example.com"]}}
+    )
+    without = await gateway_factory({"backends": [backend_entry(backend)]})
+    chat = {"model": "m", "messages": []}
+    async with aiohttp.ClientSession() as http:
+        async with http.options(f"{with_cors.url}/v1/chat/completions") as resp:  # not a preflight
+            assert resp.status == 204 and "POST" in resp.headers["Allow"]
+            assert "Access-Control-Allow-Origin" not in resp.headers
+        preflight = {"Origin": ORIGIN, "Access-Control-Request-Method": "POST",
+                     "Access-Control-Request-Headers": "authorization, content-type"}  # fmt: skip
+        async with http.options(f"{with_cors.url}/v1/chat/completions", headers=preflight) as resp:
+            assert resp.status == 204 and resp.headers["Access-Control-Allow-Origin"] == ORIGIN
+            assert resp.headers["Access-Control-Allow-Headers"] == "authorization, content-type"
+        async with http.options(f"{without.url}/v1/chat/completions", headers=preflight) as resp:
+            assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+        same_site = {"Origin": without.url}  # the gateway's own origin: not cross-site, no CORS needed
+        async with http.post(f"{without.url}/v1/chat/completions", json=chat, headers=same_site) as resp:
+            assert resp.status == 200
+        for gw in (with_cors, without):
+            async with http.post(f"{gw.url}/v1/chat/completions", json=chat, headers={"Origin": "null"}) as resp:
+                assert resp.status == 403 and "Access-Control-Allow-Origin" not in resp.headers
+                assert "cors.allow_origins" in (await resp.json())["error"]["message"]
+    assert len(backend.requests) == 1  # only the same-origin request reached the backend
