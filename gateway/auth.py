@@ -70,6 +70,7 @@ class Principal:
     admin: bool
     models: tuple[str, ...]
     limits: RateLimits | None = None
+    share: float = 1.0  # fair-queue weight
 
     def may_use(self, model: str) -> bool:
         return model_allowed(self.models, model)
@@ -230,7 +231,7 @@ class Authenticator:
         self._sha256: dict[bytes, tuple[bytes, Principal]] = {}
         bcrypt_keys: list[tuple[str, Principal | None]] = []
         for key in config_.api_keys:
-            principal = Principal(key.name, key.admin, key.models, key.limits)
+            principal = Principal(key.name, key.admin, key.models, key.limits, key.share)
             if key.hash.startswith("sha256:"):
                 digest = bytes.fromhex(key.hash.removeprefix("sha256:"))
                 self._sha256.setdefault(digest, (digest, principal))  # duplicates: the first entry wins
@@ -239,7 +240,7 @@ class Authenticator:
         self._bcrypt_keys: Candidates = tuple(bcrypt_keys)
         self._users: dict[str, tuple[str, Principal]] = {}
         for user in config_.basic_users:
-            principal = Principal(user.name, user.admin, user.models, user.limits)
+            principal = Principal(user.name, user.admin, user.models, user.limits, user.share)
             self._users.setdefault(user.name, (user.password_hash, principal))
         cost = max((bcrypt_cost(h) or 0 for h, _ in self._users.values()), default=0) or 12
         self._dummy: Candidates = ((f"$2b${cost:02d}${_DUMMY_TAIL}", None),)

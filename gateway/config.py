@@ -20,6 +20,8 @@ __all__ = [
     "BackendConfig",
     "BackendType",
     "BasicUserConfig",
+    "CircuitConfig",
+    "DialectName",
     "ConfigError",
     "CorsConfig",
     "GatewayConfig",
@@ -30,12 +32,19 @@ __all__ = [
     "RateLimits",
     "RoutingConfig",
     "ServerConfig",
+    "ServerTimeoutsConfig",
     "TimeoutsConfig",
     "TlsConfig",
 ]
 
 BackendType = Literal["ollama", "vllm", "lmstudio", "openai"]
 BACKEND_TYPES: tuple[str, ...] = ("ollama", "vllm", "lmstudio", "openai")
+DialectName = Literal["ollama", "openai", "anthropic"]
+DIALECTS: tuple[str, ...] = ("ollama", "openai", "anthropic")
+# What each backend type serves natively when ``speaks`` is not set (see "Dialect bridge").
+DEFAULT_SPEAKS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {"ollama": ("ollama", "openai"), "vllm": ("openai",), "lmstudio": ("openai",), "openai": ("openai",)}
+)
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 MiB = 1024 * 1024
 NO_STRINGS: tuple[str, ...] = ()
@@ -60,6 +69,15 @@ class TlsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerTimeoutsConfig:
+    """Deadlines for slow clients (slowloris): the request head, the body, an idle keep-alive connection."""
+
+    headers: float = 10.0
+    body: float = 60.0
+    keep_alive: float = 75.0
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 8080
@@ -68,6 +86,10 @@ class ServerConfig:
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
     tls: TlsConfig | None = None
     allow_unauthenticated_remote: bool = False
+    shutdown_timeout: float = 30.0
+    timeouts: ServerTimeoutsConfig = ServerTimeoutsConfig()
+    max_connections: int = 10_000  # 0 = unlimited
+    max_connections_per_client: int = 256  # per source address (IPv6: per /64); 0 = unlimited
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +108,12 @@ class HealthCheckConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CircuitConfig:
+    failures: int = 3  # consecutive request failures that take the backend out; 0 = never
+    cooldown: float = 10.0  # then one trial request (or the next probe) decides
+
+
+@dataclass(frozen=True, slots=True)
 class BackendConfig:
     name: str
     url: URL
@@ -96,6 +124,8 @@ class BackendConfig:
     max_concurrency: int = 0
     weight: float = 1.0
     health_check: HealthCheckConfig = HealthCheckConfig()
+    circuit: CircuitConfig = CircuitConfig()
+    speaks: tuple[str, ...] = ()  # dialects served natively; empty = DEFAULT_SPEAKS[type] (set by configfile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,13 +134,16 @@ class RoutingConfig:
     queue_size: int = 100
     queue_timeout: float = 30.0
     discovery_interval: float = 30.0
+    affinity: Literal["none", "prefix"] = "none"
 
 
 @dataclass(frozen=True, slots=True)
 class RateLimits:
     requests_per_minute: int = 0
     tokens_per_minute: int = 0
+    tokens_per_day: int = 0
     max_concurrent: int = 0
+    max_queued: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +153,7 @@ class ApiKeyConfig:
     models: tuple[str, ...] = ("*",)
     admin: bool = False
     limits: RateLimits | None = None
+    share: float = 1.0  # fair-queue weight when backends are saturated
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +163,7 @@ class BasicUserConfig:
     models: tuple[str, ...] = ("*",)
     admin: bool = False
     limits: RateLimits | None = None
+    share: float = 1.0  # fair-queue weight when backends are saturated
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,6 +177,7 @@ class LimitsConfig:
     default: RateLimits = RateLimits()
     redis_url: str | None = None
     on_redis_error: Literal["allow", "deny"] = "allow"
+    state_path: str = "gateway-state.sqlite3"  # resolved against the config file's folder by configfile
 
 
 @dataclass(frozen=True, slots=True)

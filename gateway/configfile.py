@@ -24,12 +24,15 @@ from .config import (
     ALL_MODELS,
     BACKEND_TYPES,
     DEFAULT_OLLAMA_URL,
+    DEFAULT_SPEAKS,
+    DIALECTS,
     NO_STRINGS,
     ApiKeyConfig,
     AuthConfig,
     BackendConfig,
     BackendType,
     BasicUserConfig,
+    CircuitConfig,
     ConfigError,
     CorsConfig,
     GatewayConfig,
@@ -40,6 +43,7 @@ from .config import (
     RateLimits,
     RoutingConfig,
     ServerConfig,
+    ServerTimeoutsConfig,
     TimeoutsConfig,
     TlsConfig,
 )
@@ -251,6 +255,19 @@ def _parse_server(s: _Section) -> ServerConfig:
     else:
         s.seen.add("tls")
     remote = s.get("allow_unauthenticated_remote", _bool, False, "true or false")
+    shutdown_timeout = s.get("shutdown_timeout", parse_duration, d.shutdown_timeout, "a duration such as 30s")
+    t = s.section("timeouts")
+    td = ServerTimeoutsConfig()
+    timeouts = ServerTimeoutsConfig(
+        headers=t.get("headers", _positive_duration, td.headers, "a positive duration such as 10s"),
+        body=t.get("body", _positive_duration, td.body, "a positive duration such as 60s"),
+        keep_alive=t.get("keep_alive", _positive_duration, td.keep_alive, "a positive duration such as 75s"),
+    )
+    t.finish()
+    max_connections = s.get("max_connections", _int(0), d.max_connections, "a non-negative integer (0 = unlimited)")
+    per_client = s.get(
+        "max_connections_per_client", _int(0), d.max_connections_per_client, "a non-negative integer (0 = unlimited)"
+    )
     s.finish()
     return ServerConfig(
         host=host,
@@ -260,6 +277,10 @@ def _parse_server(s: _Section) -> ServerConfig:
         trusted_proxies=tuple(proxies),
         tls=tls,
         allow_unauthenticated_remote=remote,
+        shutdown_timeout=shutdown_timeout,
+        timeouts=timeouts,
+        max_connections=max_connections,
+        max_connections_per_client=per_client,
     )
 
 
@@ -308,12 +329,47 @@ def _parse_backend(s: _Section, index: int) -> BackendConfig | None:
         fall=h.get("fall", _int(1), hd.fall, "a positive integer"),
     )
     h.finish()
+    c = s.section("circuit")
+    cd = CircuitConfig()
+    circuit = CircuitConfig(
+        failures=c.get("failures", _int(0), cd.failures, "a non-negative integer (0 = never)"),
+        cooldown=c.get("cooldown", _positive_duration, cd.cooldown, "a positive duration such as 10s"),
+    )
+    c.finish()
+    speaks = s.get("speaks", _dialects, DEFAULT_SPEAKS.get(backend_type, ("openai",)), _DIALECTS_EXPECTED)
     s.finish()
     if not name or url is None:
         return None
     return BackendConfig(
-        name, url, cast(BackendType, backend_type), models, api_key, timeouts, max_conc, weight, health
+        name,
+        url,
+        cast(BackendType, backend_type),
+        models,
+        api_key,
+        timeouts,
+        max_conc,
+        weight,
+        health,
+        circuit,
+        speaks,
     )
+
+
+_DIALECTS_EXPECTED = "a non-empty list of dialects from " + ", ".join(DIALECTS)
+
+
+def _dialects(value: object) -> tuple[str, ...]:
+    names = _str_list(value)
+    if not names or any(n not in DIALECTS for n in names):
+        raise ValueError
+    return tuple(dict.fromkeys(names))
+
+
+def _positive_duration(value: object) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError
+    return seconds
 
 
 def _positive_number(value: object) -> float:
@@ -327,13 +383,15 @@ def _parse_limits(s: _Section) -> RateLimits:
     limits = RateLimits(
         requests_per_minute=s.get("requests_per_minute", _int(0), d.requests_per_minute, "a non-negative integer"),
         tokens_per_minute=s.get("tokens_per_minute", _int(0), d.tokens_per_minute, "a non-negative integer"),
+        tokens_per_day=s.get("tokens_per_day", _int(0), d.tokens_per_day, "a non-negative integer"),
         max_concurrent=s.get("max_concurrent", _int(0), d.max_concurrent, "a non-negative integer"),
+        max_queued=s.get("max_queued", _int(0), d.max_queued, "a non-negative integer"),
     )
     s.finish()
     return limits
 
 
-def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, RateLimits | None]:
+def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, RateLimits | None, float]:
     name = s.get("name", _str, "", "a name")
     if not name:
         s.error("name", "is required")
@@ -343,7 +401,8 @@ def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, Ra
     admin = s.get("admin", _bool, False, "true or false")
     limits = _parse_limits(s.section("limits")) if s.data.get("limits") is not None else None
     s.seen.add("limits")
-    return name, models, admin, limits
+    share = s.get("share", _positive_number, 1.0, "a positive number (fair-queue weight)")
+    return name, models, admin, limits, share
 
 
 def _hash(value: object) -> str:
@@ -362,16 +421,16 @@ _HASH_EXPECTED = (
 def _parse_auth(s: _Section) -> AuthConfig:
     keys = []
     for k in s.items("api_keys"):
-        name, models, admin, limits = _parse_principal_common(k)
+        name, models, admin, limits, share = _parse_principal_common(k)
         hashed = k.get("hash", _hash, "", _HASH_EXPECTED)
         if "hash" not in k.data:
             k.error("hash", f"is required: {_HASH_EXPECTED}")
         k.finish()
         if name and hashed:
-            keys.append(ApiKeyConfig(name, hashed, models, admin, limits))
+            keys.append(ApiKeyConfig(name, hashed, models, admin, limits, share))
     users = []
     for u in s.items("basic_users"):
-        name, models, admin, limits = _parse_principal_common(u)
+        name, models, admin, limits, share = _parse_principal_common(u)
         hashed = u.get("password_hash", _hash, "", "a bcrypt hash '$2b$12$...' (make one with `gateway hash-password`)")
         if "password_hash" not in u.data:
             u.error("password_hash", "is required: a bcrypt hash (make one with `gateway hash-password`)")
@@ -381,7 +440,7 @@ def _parse_auth(s: _Section) -> AuthConfig:
             )
         u.finish()
         if name and hashed:
-            users.append(BasicUserConfig(name, hashed, models, admin, limits))
+            users.append(BasicUserConfig(name, hashed, models, admin, limits, share))
     s.finish()
     if not s.errors and not keys and not users:
         s.error("", "expected at least one entry in api_keys or basic_users (omit the auth section for no auth)")
@@ -490,6 +549,7 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
         queue_size=r.get("queue_size", _int(0), rd.queue_size, "a non-negative integer"),
         queue_timeout=r.get("queue_timeout", parse_duration, rd.queue_timeout, "a duration such as 30s"),
         discovery_interval=r.get("discovery_interval", parse_duration, rd.discovery_interval, "a duration such as 30s"),
+        affinity=r.get("affinity", _choice("none", "prefix"), rd.affinity, "none or prefix"),
     )
     r.finish()
     aliases = _aliases(root, "aliases")
@@ -500,6 +560,7 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
         default=_parse_limits(lim.section("default")),
         redis_url=lim.get("redis_url", _optional_str, None, "a redis:// URL"),
         on_redis_error=lim.get("on_redis_error", _choice("allow", "deny"), "allow", "allow or deny"),
+        state_path=_state_path(lim.get("state_path", _str, LimitsConfig().state_path, "a file path"), source),
     )
     lim.finish()
     cors = _parse_cors(root.section("cors"))
@@ -525,6 +586,14 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
         logging=logging_config,
         source=source,
     )
+
+
+def _state_path(value: str, source: str) -> str:
+    """``limits.state_path`` relative to the config file's folder (the working folder without a file)."""
+    path = Path(value).expanduser()
+    if path.is_absolute() or source.startswith("<"):
+        return str(path)
+    return str(Path(source).resolve().parent / path)
 
 
 def _expand_env(value: object, path: str, env: Mapping[str, str], errors: list[str]) -> object:
