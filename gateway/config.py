@@ -152,7 +152,7 @@ class ApiKeyConfig:
     hash: str = field(repr=False)
     models: tuple[str, ...] = ("*",)
     admin: bool = False
-    limits: RateLimits | None = None
+    limits: RateLimits | None = None  # complete (unset keys filled from limits.default); None: the default
     share: float = 1.0  # fair-queue weight when backends are saturated
 
 
@@ -162,7 +162,7 @@ class BasicUserConfig:
     password_hash: str = field(repr=False)
     models: tuple[str, ...] = ("*",)
     admin: bool = False
-    limits: RateLimits | None = None
+    limits: RateLimits | None = None  # complete (unset keys filled from limits.default); None: the default
     share: float = 1.0  # fair-queue weight when backends are saturated
 
 

@@ -378,20 +378,23 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
-def _parse_limits(s: _Section) -> RateLimits:
-    d = RateLimits()
+def _parse_limits(s: _Section, base: RateLimits = RateLimits()) -> RateLimits:
+    """A limits mapping; keys it leaves out keep ``base``'s value (a client's own limits override the default)."""
+    expected = "a non-negative integer (0 = unlimited)"
     limits = RateLimits(
-        requests_per_minute=s.get("requests_per_minute", _int(0), d.requests_per_minute, "a non-negative integer"),
-        tokens_per_minute=s.get("tokens_per_minute", _int(0), d.tokens_per_minute, "a non-negative integer"),
-        tokens_per_day=s.get("tokens_per_day", _int(0), d.tokens_per_day, "a non-negative integer"),
-        max_concurrent=s.get("max_concurrent", _int(0), d.max_concurrent, "a non-negative integer"),
-        max_queued=s.get("max_queued", _int(0), d.max_queued, "a non-negative integer"),
+        requests_per_minute=s.get("requests_per_minute", _int(0), base.requests_per_minute, expected),
+        tokens_per_minute=s.get("tokens_per_minute", _int(0), base.tokens_per_minute, expected),
+        tokens_per_day=s.get("tokens_per_day", _int(0), base.tokens_per_day, expected),
+        max_concurrent=s.get("max_concurrent", _int(0), base.max_concurrent, expected),
+        max_queued=s.get("max_queued", _int(0), base.max_queued, expected),
     )
     s.finish()
     return limits
 
 
-def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, RateLimits | None, float]:
+def _parse_principal_common(
+    s: _Section, default_limits: RateLimits
+) -> tuple[str, tuple[str, ...], bool, RateLimits | None, float]:
     name = s.get("name", _str, "", "a name")
     if not name:
         s.error("name", "is required")
@@ -399,7 +402,7 @@ def _parse_principal_common(s: _Section) -> tuple[str, tuple[str, ...], bool, Ra
         s.error("name", f"expected letters, digits, '_', '.', '@', '-' (at most 64), got {name!r}")
     models = s.get("models", _str_list, ALL_MODELS, "a list of model names or globs")
     admin = s.get("admin", _bool, False, "true or false")
-    limits = _parse_limits(s.section("limits")) if s.data.get("limits") is not None else None
+    limits = _parse_limits(s.section("limits"), default_limits) if s.data.get("limits") is not None else None
     s.seen.add("limits")
     share = s.get("share", _positive_number, 1.0, "a positive number (fair-queue weight)")
     return name, models, admin, limits, share
@@ -418,10 +421,10 @@ _HASH_EXPECTED = (
 )
 
 
-def _parse_auth(s: _Section) -> AuthConfig:
+def _parse_auth(s: _Section, default_limits: RateLimits) -> AuthConfig:
     keys = []
     for k in s.items("api_keys"):
-        name, models, admin, limits, share = _parse_principal_common(k)
+        name, models, admin, limits, share = _parse_principal_common(k, default_limits)
         hashed = k.get("hash", _hash, "", _HASH_EXPECTED)
         if "hash" not in k.data:
             k.error("hash", f"is required: {_HASH_EXPECTED}")
@@ -430,7 +433,7 @@ def _parse_auth(s: _Section) -> AuthConfig:
             keys.append(ApiKeyConfig(name, hashed, models, admin, limits, share))
     users = []
     for u in s.items("basic_users"):
-        name, models, admin, limits, share = _parse_principal_common(u)
+        name, models, admin, limits, share = _parse_principal_common(u, default_limits)
         hashed = u.get("password_hash", _hash, "", "a bcrypt hash '$2b$12$...' (make one with `gateway hash-password`)")
         if "password_hash" not in u.data:
             u.error("password_hash", "is required: a bcrypt hash (make one with `gateway hash-password`)")
@@ -553,8 +556,6 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
     )
     r.finish()
     aliases = _aliases(root, "aliases")
-    auth = _parse_auth(root.section("auth")) if root.data.get("auth") is not None else None
-    root.seen.add("auth")
     lim = root.section("limits")
     limits = LimitsConfig(
         default=_parse_limits(lim.section("default")),
@@ -562,6 +563,9 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
         on_redis_error=lim.get("on_redis_error", _choice("allow", "deny"), "allow", "allow or deny"),
         state_path=_state_path(lim.get("state_path", _str, LimitsConfig().state_path, "a file path"), source),
     )
+    # A client's own limits are complete: the keys it sets, the default's for the rest.
+    auth = _parse_auth(root.section("auth"), limits.default) if root.data.get("auth") is not None else None
+    root.seen.add("auth")
     lim.finish()
     cors = _parse_cors(root.section("cors"))
     metrics = _parse_metrics(root.section("metrics"))
