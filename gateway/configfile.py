@@ -378,8 +378,9 @@ def _positive_number(value: object) -> float:
     return float(value)
 
 
-def _parse_limits(s: _Section, base: RateLimits = RateLimits()) -> RateLimits:
+def _parse_limits(s: _Section, base: RateLimits | None = None) -> RateLimits:
     """A limits mapping; keys it leaves out keep ``base``'s value (a client's own limits override the default)."""
+    base = base or RateLimits()
     expected = "a non-negative integer (0 = unlimited)"
     limits = RateLimits(
         requests_per_minute=s.get("requests_per_minute", _int(0), base.requests_per_minute, expected),
