@@ -226,7 +226,7 @@ def test_sse_events_framing() -> None:
 
 # --------------------------------------------------------------------------- properties
 
-_text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=12)
+_text = st.text(max_size=12)  # lone surrogates included: json.dumps sends them escaped, as a backend may
 _event = st.one_of(
     st.builds(lambda t: delta(content=t), _text),
     st.builds(lambda t: delta(reasoning_content=t), _text),
