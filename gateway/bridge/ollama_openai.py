@@ -194,7 +194,8 @@ def _think(think: Any, out: dict[str, Any]) -> None:
         out["reasoning_effort"] = think
 
 
-def _generation(payload: Mapping[str, Any], out: dict[str, Any], stream: bool) -> dict[str, Any]:
+def _generation(payload: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    stream = _stream_flag(payload)
     _options(payload.get("options"), out)
     _format(payload.get("format"), out)
     _think(payload.get("think"), out)
@@ -461,7 +462,6 @@ class OllamaTranslation(Translation):
         self.start = clock()
         model = payload.get("model") or payload.get("name")
         self.model = model if isinstance(model, str) else ""
-        self.streamed = False
         self.stream_content_type = NDJSON
         # Ollama loads (or with keep_alive 0 unloads) the model for an empty prompt: no backend call.
         self.load_only = (kind == "chat" and not payload.get("messages")) or (
@@ -484,16 +484,14 @@ class OllamaTranslation(Translation):
         kind = self.kind
         out: dict[str, Any] = {"model": self.model}
         if kind == "chat":
-            self.streamed = _stream_flag(payload)
             out["messages"] = openai_messages(payload.get("messages") or [])
             tools = payload.get("tools")
             if tools:
                 if not isinstance(tools, list):
                     raise BadRequest("'tools' must be a list", param="tools")
                 out["tools"] = tools  # Ollama's tool definitions are OpenAI's
-            return _generation(payload, out, self.streamed)
+            return _generation(payload, out)
         if kind == "generate":
-            self.streamed = _stream_flag(payload)
             prompt = _text(payload.get("prompt"), "prompt")
             if self.upstream_path == COMPLETIONS:
                 out["prompt"] = prompt
@@ -505,7 +503,7 @@ class OllamaTranslation(Translation):
                 messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
                 messages.append({"role": "user", "content": _content(prompt, payload.get("images"), "images")})
                 out["messages"] = messages
-            return _generation(payload, out, self.streamed)
+            return _generation(payload, out)
         if kind == "embed":
             given = payload.get("input")
             if not isinstance(given, str) and not (
