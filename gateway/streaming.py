@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -24,13 +24,21 @@ from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_bod
 from .headers import downstream_headers
 from .record import RequestRecord
 from .upstream import UpstreamError, UpstreamProtocolError, UpstreamResponse
-from .usage import UsageStripper, count_whole_body, make_scanner
+from .usage import count_whole_body, make_scanner
 
-__all__ = ["SMALL_BODY", "STREAM_TYPES", "Watchdog", "relay"]
+__all__ = ["SMALL_BODY", "STREAM_TYPES", "Transform", "Watchdog", "relay"]
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 SMALL_BODY = 256 * 1024  # non-streamed bodies up to this size are read whole and sent in one write
 PROTOCOL_ERRORS = (aiohttp.ClientPayloadError, UpstreamProtocolError)
+
+
+class Transform(Protocol):
+    """Rewrites a body on its way (usage.UsageStripper, the dialect bridge's translators)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...  # upstream bytes in, bytes to send now out (maybe b"")
+
+    def flush(self) -> bytes: ...  # after a clean upstream end: what is still to send
 
 
 class Watchdog:
@@ -150,6 +158,38 @@ class _Pipe:
             raise upstream.error
 
 
+class _TransformingPipe(_Pipe):
+    """A ``_Pipe`` whose chunks go through a ``Transform`` first (usage stripping, dialect
+    translation); kept apart so the byte-for-byte pipe pays nothing for it."""
+
+    __slots__ = ("transform",)
+
+    def __init__(self, transform: Transform, *args: Any) -> None:
+        super().__init__(*args)
+        self.transform = transform
+
+    def feed(self, data: bytes) -> None:
+        transport = self.transport
+        if self.client_gone:
+            return
+        if transport.is_closing():
+            self.client_gone = True
+            self.upstream.wake()
+            return
+        self.watchdog.last = self.loop.time()
+        out = self.transform.feed(data)
+        if out:
+            self.rec.bytes_out += len(out)
+            self.last = out
+            transport.write(b"%x\r\n%b\r\n" % (len(out), out) if self.chunked else out)
+        if self.scan is not None:  # the backend's bytes: its own usage report
+            self.scan(data)
+        if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
+            self.congested = True
+            self.upstream.pause()
+            self.upstream.wake()
+
+
 def _at_boundary(last: bytes, sse: bool) -> bool:
     return last.endswith((b"\n\n", b"\r\n\r\n")) if sse else last.endswith(b"\n")
 
@@ -163,19 +203,26 @@ async def relay(
     first_byte: float,
     idle: float,
     count_usage: bool = False,
-    transform: UsageStripper | None = None,
+    transform: Transform | None = None,
     cors: CorsPolicy | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    content_type: str | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive.
 
-    With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``).
+    With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``), as
+    the backend sent them. ``content_type`` replaces the backend's for a ``transform`` that
+    changes the body's format (the dialect bridge).
     A response that is not streamed is returned unsent, for the entry middleware to finish; a
     streamed one gets its request id and ``cors`` headers here, before its head goes out.
     """
-    content_type = upstream.headers.get("Content-Type", "")
-    streamed = content_type.startswith(STREAM_TYPES)
+    upstream_type = upstream.headers.get("Content-Type", "")
+    streamed = upstream_type.startswith(STREAM_TYPES)
     headers = downstream_headers(upstream.headers, streamed=streamed)
+    if content_type is None:
+        content_type = upstream_type
+    else:
+        headers["Content-Type"] = content_type
     headers["X-Request-Id"] = rec.request_id
     rec.streamed = streamed
     rec.status = upstream.status
@@ -188,7 +235,7 @@ async def relay(
         watchdog = None if complete else Watchdog(loop, content, rec.start, first_byte, idle)
         return await _whole(upstream, rec, headers, watchdog, count_usage, loop)
     watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
-    scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
+    scanner = make_scanner(rec.endpoint, upstream_type) if count_usage else None
     scan = scanner.feed if scanner is not None else None
     if cors is not None:
         cors.apply_response_headers(headers, request.headers.get("Origin"))
@@ -200,9 +247,12 @@ async def relay(
     try:
         await response.prepare(request)
         transport = request.transport
-        if streamed and transform is None and isinstance(upstream, UpstreamResponse) and transport is not None:
+        if streamed and isinstance(upstream, UpstreamResponse) and transport is not None:
             chunked = response.headers.get("Transfer-Encoding") == "chunked"
-            pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop)
+            if transform is None:
+                pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop)
+            else:
+                pipe = _TransformingPipe(transform, transport, chunked, upstream, watchdog, scan, rec, loop)
         while True:
             try:
                 chunk = await content.readany()
@@ -234,7 +284,7 @@ async def relay(
                 await response.write(chunk)
             if scan is not None:  # after the write: counting never delays a token
                 scan(raw)
-            if pipe is not None:  # the head went out with this chunk: the rest by callback
+            if pipe is not None and chunk:  # the head went out with this chunk: the rest by callback
                 try:
                     await pipe.run(request)
                 except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:
