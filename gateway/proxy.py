@@ -309,6 +309,7 @@ async def forward(
                     transform=transform,
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,
+                    drain=state.drain,
                 )
             finally:
                 if rec.error and metrics is not None:
