@@ -158,6 +158,7 @@ class Discovery:
     def follow(self, backends: Sequence[Backend], interval: float) -> None:
         """After a reload: probe the new set of backends (new ones at once), stop probing the others."""
         self.backends = tuple(backends)
+        self._last_refresh = float("-inf")  # a name not found right after a reload may be a new backend's
         if self._refresher is None:  # not started (an app that never ran): nothing to re-arm
             self.interval = interval
             return

@@ -80,7 +80,9 @@ async def gateway_process(tmp_path: Path, doc: dict[str, Any], *args: str) -> As
     config = tmp_path / "gateway.yaml"
     config.write_text(yaml.safe_dump(doc))
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k not in ("GATEWAY_CONFIG", "OLLAMA_HOST", "PROMETHEUS_MULTIPROC_DIR")}
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("GATEWAY_CONFIG", "OLLAMA_HOST", "PROMETHEUS_MULTIPROC_DIR")
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "gateway", "serve", "-c", str(config), "--port", str(port), *args,
         cwd=tmp_path, env=env, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
