@@ -13,8 +13,8 @@ import ollama
 import openai
 import pytest
 
-from gateway.reload import reload_state
 from gateway.configfile import parse_config
+from gateway.reload import reload_state
 
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import FakeBackend
