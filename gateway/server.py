@@ -73,6 +73,9 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
 def _reload(app: web.Application, path: Path | None, host: str, port: int, file_listen: tuple[str, int]) -> None:
     """SIGHUP: re-read the config file and apply it to new requests; a bad file changes nothing."""
     state = app[STATE]
+    if state.drain.active:
+        log.warning("reload ignored: the gateway is shutting down")
+        return
     try:
         loaded = load_config(path)
     except ConfigError as exc:
@@ -172,6 +175,7 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child: its own loop, its own app, its own listening socket
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an early SIGHUP must not kill it (serve handles it)
             code = 0
             try:
                 _run_loop(lambda: serve(config, host, port, reuse_port=True, config_path=config_path))
@@ -225,7 +229,9 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
                 break
             except InterruptedError:
                 continue
-        status = status or (os.waitstatus_to_exitcode(code) or 0)
+        stopped = drain_time[0] < 0 and os.WIFSIGNALED(code) and os.WTERMSIG(code) == signal.SIGTERM
+        if not stopped:  # (a worker still starting when the SIGTERM came ends by it: that is a clean stop)
+            status = status or (os.waitstatus_to_exitcode(code) or 0)
     signal.alarm(0)
     return 1 if status else 0
 

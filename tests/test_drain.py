@@ -104,6 +104,7 @@ async def test_workers_2_the_parent_drains_every_worker(tmp_path: Path, backend_
     gate: asyncio.Queue[None] = asyncio.Queue()
     backend = await backend_factory("box", kind="openai", models=["m1"], gate=gate)
     async with gateway_process(tmp_path, config(backend, shutdown_timeout="20s"), "--workers", "2") as gw:
+        await gw.wait_log("listening on", count=2)
         streams = []
         for _ in range(4):  # the kernel spreads connections over both workers (SO_REUSEPORT)
             stream = await client(gw.url).chat.completions.create(

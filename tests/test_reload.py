@@ -174,3 +174,20 @@ async def test_reload_keeps_unchanged_backends_and_applies_entry_settings(
         await asyncio.sleep(0.05)
     else:
         raise AssertionError("the replaced backend's pool was not closed once idle")
+
+
+async def test_workers_2_sighup_to_the_parent_reloads_every_worker(
+    tmp_path: Path, backend_factory: BackendFactory
+) -> None:
+    box = await backend_factory("box", kind="openai", models=["m1"])
+    doc: dict[str, Any] = {"backends": [backend_entry(box)]}
+    async with gateway_process(tmp_path, doc, "--workers", "2") as gw:
+        await gw.wait_log("listening on", count=2)
+        await gw.reload({**doc, "aliases": {"fast": "m1"}})
+        await gw.wait_log("reloaded ", count=2)  # one line per worker
+        pids = {line.split("pid ")[1].split(")")[0] for line in gw.lines if "listening on" in line}
+        assert len(pids) == 2
+        for _ in range(8):  # new connections land on either worker: each one knows the alias
+            async with aiohttp.ClientSession() as http:
+                async with http.post(f"{gw.url}/v1/chat/completions", json=chat("fast")) as resp:
+                    assert resp.status == 200 and resp.headers["X-Fake-Backend"] == "box"
