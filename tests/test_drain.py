@@ -30,7 +30,7 @@ async def test_stream_in_flight_completes_across_sigterm_while_readyz_fails_and_
 ) -> None:
     gate: asyncio.Queue[None] = asyncio.Queue()
     backend = await backend_factory("box", kind="openai", models=["m1"], gate=gate)
-    doc = config(backend, shutdown_timeout="20s", shutdown_delay="3s")
+    doc = config(backend, shutdown_timeout="20s", shutdown_delay="8s")  # a window wide enough on a busy machine
     async with gateway_process(tmp_path, doc) as gw:
         api = client(gw.url)
         stream = await api.chat.completions.create(
