@@ -62,6 +62,8 @@ async def shut_down(runner: web.AppRunner, drain: Drain, delay: float, timeout: 
     if delay > 0:
         log.info("draining: /readyz answers 503; closing the listener in %gs", delay)
         await asyncio.sleep(delay)
+    # aiohttp's own wait must outlast ours (the timeout may have changed by reload since the start).
+    runner._shutdown_timeout = timeout + STREAM_END_GRACE + 1.0  # noqa: SLF001 - no public setter
     server = runner.server
     busy = len(server.connections) if server is not None else 0
     log.info("draining: listener closed, waiting up to %gs for %d open connection(s)", timeout, busy)

@@ -120,7 +120,15 @@ async def serve(
     file_listen = (config.server.host, config.server.port)
     config = with_listen(config, host, port)
     app = create_app(config)
-    runner = make_runner(app, shutdown_timeout=config.server.shutdown_timeout + STREAM_END_GRACE + 1.0)
+    # Signals first: once "listening" is logged, a supervisor may send any of them.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    with suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path, host, port, file_listen)
+    runner = make_runner(app)  # its shutdown timeout is set when the drain starts (drain.py)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context(config), reuse_port=reuse_port, backlog=4096)
     await site.start()
@@ -134,13 +142,6 @@ async def serve(
     log.info(
         "local-llm-gateway listening on %s://%s:%d (pid %d), backends: %s", scheme, host, port, os.getpid(), backends
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    with suppress(NotImplementedError, AttributeError):
-        loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path, host, port, file_listen)
     try:
         await stop.wait()
     finally:
