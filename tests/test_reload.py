@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import openai
+import pytest
+import yaml
 
 from gateway.configfile import parse_config
 from gateway.reload import reload_state
@@ -130,7 +134,7 @@ async def test_a_broken_file_changes_nothing_and_names_the_key(tmp_path: Path, b
         moved = {
             "backends": [*doc["backends"], dead],
             "server": {"port": gw.port + 1, "timeouts": {"headers": "5s"}},
-            "logging": {"level": "debug"},
+            "logging": {"level": "debug", "format": "json"},
         }
         line = await gw.reload(moved)
         assert "reloaded " in line and "backends added: dead; unchanged: first" in line
@@ -141,6 +145,8 @@ async def test_a_broken_file_changes_nothing_and_names_the_key(tmp_path: Path, b
             assert resp.status == 200  # still on the old port
         async with http.post(f"{gw.url}/v1/chat/completions", json=chat("fast")) as resp:
             assert resp.status == 404  # the new file has no aliases: that part did apply
+        line = await gw.wait_log('"path": "/v1/chat/completions"')  # the access log is JSON now
+        assert json.loads(line)["status"] == 404 and json.loads(line)["model"] is None
 
 
 async def test_reload_keeps_unchanged_backends_and_applies_entry_settings(
@@ -191,3 +197,26 @@ async def test_workers_2_sighup_to_the_parent_reloads_every_worker(
             async with aiohttp.ClientSession() as http:
                 async with http.post(f"{gw.url}/v1/chat/completions", json=chat("fast")) as resp:
                     assert resp.status == 200 and resp.headers["X-Fake-Backend"] == "box"
+
+
+def test_turning_auth_off_by_reload_is_refused_on_a_non_loopback_address(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from gateway.app import create_app
+    from gateway.server import _reload
+    from gateway.state import STATE
+
+    backends = [{"name": "a", "url": "http://127.0.0.1:9"}]
+    secured = {"backends": backends, "server": {"host": "0.0.0.0"}, "auth": {"api_keys": [key_entry("k", OLD_KEY)]}}
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(secured))
+    app = create_app(parse_config(secured))  # never listens: only the reload's checks are exercised
+    path.write_text(yaml.safe_dump({"backends": backends, "server": {"host": "0.0.0.0"}}))
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        _reload(app, path, "0.0.0.0", 8080, ("0.0.0.0", 8080))
+    assert app[STATE].authenticator is not None and app[STATE].config.auth is not None
+    assert "reload failed, keeping the previous configuration: refusing to listen on 0.0.0.0" in caplog.text
+    path.write_text(yaml.safe_dump({**secured, "aliases": {"fast": "m1"}}))
+    with caplog.at_level(logging.INFO, logger="gateway"):
+        _reload(app, path, "0.0.0.0", 8080, ("0.0.0.0", 8080))
+    assert app[STATE].router.aliases["fast"] == "m1"  # a safe file applies
