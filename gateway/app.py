@@ -10,6 +10,7 @@ before ``entry`` sees the response, so ``streaming.relay`` adds those headers it
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import itertools
 import logging
 import os
@@ -17,6 +18,7 @@ import re
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
+from typing import Any, NamedTuple
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -47,7 +49,7 @@ from .routing import Router
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 from .upstream import UpstreamPool
 
-__all__ = ["create_app", "public_paths", "reload_credentials"]
+__all__ = ["EntrySettings", "create_app", "entry_settings", "public_paths"]
 
 log = logging.getLogger("gateway")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -96,32 +98,62 @@ def _body_size(response: web.StreamResponse) -> int:
     return len(body) if isinstance(body, bytes | bytearray) else 0
 
 
+class EntrySettings(NamedTuple):
+    """What the entry middleware takes from the config, computed once per config (a reload swaps it whole).
+
+    A tuple, so a request reads it with one attribute access and one unpack.
+    """
+
+    trusted: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    allowed_hosts: frozenset[str]
+    probe_paths: frozenset[str]
+    quiet_paths: frozenset[str]
+    public: frozenset[str]
+    cors_gate: Callable[[web.Request], web.StreamResponse | None]
+    apply_cors: Callable[[Any, str | None], None] | None
+    metrics: Metrics | None
+    access_log: AccessLog
+
+
+def entry_settings(state: GatewayState) -> EntrySettings:
+    config = state.config
+    # Probes and scrapers address the gateway by pod/container IP: never make them guess a name.
+    probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
+    return EntrySettings(
+        trusted=config.server.trusted_proxies,
+        allowed_hosts=frozenset(config.server.allowed_hosts),
+        probe_paths=probe_paths,
+        # Probes, scrapes and the dashboard's polling are not traffic: keep them out of metrics and the access log.
+        quiet_paths=probe_paths | {DASHBOARD_PATH, DATA_PATH},
+        public=public_paths(config),
+        cors_gate=make_cors_gate(state.cors),
+        apply_cors=state.cors.apply_response_headers if state.cors.enabled else None,
+        metrics=state.metrics,
+        access_log=state.access_log,
+    )
+
+
 def make_entry_middleware(state: GatewayState) -> Middleware:
     """The gateway's one middleware: everything every request needs, in order, with no extra layers.
 
     Request record and id, client address, allowed hosts, the CORS gate (preflights are answered
     before auth), authentication, then the handler; the one error path; the request id and CORS
     headers on every response not yet sent (a streamed relay adds them itself before its head);
-    metrics and the access log when the request is over.
+    metrics and the access log when the request is over. What it takes from the config is read
+    from ``state.entry`` once per request, so a reload applies from the next request on.
     """
-    config = state.config
-    trusted = config.server.trusted_proxies
-    allowed_hosts = frozenset(config.server.allowed_hosts)
-    # Probes and scrapers address the gateway by pod/container IP: never make them guess a name.
-    probe_paths = frozenset({"/healthz", "/readyz", config.metrics.path})
-    # Probes, scrapes and the dashboard's polling are not traffic: keep them out of metrics and the access log.
-    quiet_paths = probe_paths | {DASHBOARD_PATH, DATA_PATH}
-    public = public_paths(config)
-    cors_gate = make_cors_gate(state.cors)
-    apply_cors = state.cors.apply_response_headers if state.cors.enabled else None
-    metrics = state.metrics
-    access_log = state.access_log
+    if state.entry is None:
+        state.entry = entry_settings(state)
+    drain = state.drain
     id_prefix = secrets.token_hex(8)
     id_counter = itertools.count()
 
     @web.middleware
     async def entry(request: web.Request, handler: Handler) -> web.StreamResponse:
         loop = state.loop or asyncio.get_running_loop()
+        trusted, allowed_hosts, probe_paths, quiet_paths, public, cors_gate, apply_cors, metrics, access_log = (
+            state.entry  # type: ignore[misc]
+        )
         headers = request.headers
         rid = headers.get("X-Request-Id")
         if rid is None or not _REQUEST_ID_RE.match(rid):
@@ -168,6 +200,8 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
                     metrics.record(rec)
                 access_log.log(rec)
         response.headers["X-Request-Id"] = rid
+        if drain.active:  # shutting down: this connection takes no further request
+            response.force_close()
         if apply_cors is not None:
             apply_cors(response.headers, headers.get(hdrs.ORIGIN))
         return response
@@ -249,28 +283,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         flusher.cancel()
         _flush_access_log()
         await discovery.stop()
+        for task in list(state.tasks):  # a reload's retired backends: their pools close below
+            task.cancel()
         for backend in state.backends:
             if backend.pool is not None:
                 backend.pool.close()
         await session.close()
         if state.authenticator is not None:
             state.authenticator.close()
-
-
-def reload_credentials(app: web.Application, config: GatewayConfig) -> None:
-    """Swap in the credentials of a newly loaded config, atomically for every later request.
-
-    Only ``auth`` is reloaded (keys, users, their scopes); the old authenticator's caches go with
-    it, so a revoked key stops working at once. Other sections need a restart.
-    """
-    state = app[STATE]
-    if (config.auth is None) != (state.config.auth is None):
-        raise ValueError("turning auth on or off needs a restart (the listen-address safety check depends on it)")
-    metrics = state.metrics
-    new = _authenticator(config.auth, metrics) if config.auth else None
-    old, state.authenticator = state.authenticator, new
-    if old is not None:
-        old.close()
 
 
 def create_app(config: GatewayConfig) -> web.Application:

@@ -108,10 +108,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         _print_errors(exc.errors)
         return EXIT_CONFIG
-    server = config.server
+    server = config.server  # `run` gets the file's config: a reload compares its listen address with the file's
     if args.host is not None or args.port is not None:
         server = replace(server, host=args.host or server.host, port=server.port if args.port is None else args.port)
-        config = replace(config, server=server)
     if not 0 <= server.port <= 65535:
         print(f"error: --port: expected 0-65535, got {server.port}", file=sys.stderr)
         return EXIT_CONFIG

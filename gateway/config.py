@@ -87,6 +87,7 @@ class ServerConfig:
     tls: TlsConfig | None = None
     allow_unauthenticated_remote: bool = False
     shutdown_timeout: float = 30.0
+    shutdown_delay: float = 0.0  # SIGTERM: keep accepting (readiness 503) this long before closing the listener
     timeouts: ServerTimeoutsConfig = ServerTimeoutsConfig()
     max_connections: int = 10_000  # 0 = unlimited
     max_connections_per_client: int = 256  # per source address (IPv6: per /64); 0 = unlimited

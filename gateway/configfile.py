@@ -256,6 +256,7 @@ def _parse_server(s: _Section) -> ServerConfig:
         s.seen.add("tls")
     remote = s.get("allow_unauthenticated_remote", _bool, False, "true or false")
     shutdown_timeout = s.get("shutdown_timeout", parse_duration, d.shutdown_timeout, "a duration such as 30s")
+    shutdown_delay = s.get("shutdown_delay", parse_duration, d.shutdown_delay, "a duration such as 5s (0 = none)")
     t = s.section("timeouts")
     td = ServerTimeoutsConfig()
     timeouts = ServerTimeoutsConfig(
@@ -278,6 +279,7 @@ def _parse_server(s: _Section) -> ServerConfig:
         tls=tls,
         allow_unauthenticated_remote=remote,
         shutdown_timeout=shutdown_timeout,
+        shutdown_delay=shutdown_delay,
         timeouts=timeouts,
         max_connections=max_connections,
         max_connections_per_client=per_client,

@@ -83,6 +83,8 @@ class Discovery:
         self._lock = asyncio.Lock()
         self._last_refresh = float("-inf")
         self._tasks: list[asyncio.Task[None]] = []
+        self._probes: dict[Backend, asyncio.Task[None]] = {}
+        self._refresher: asyncio.Task[None] | None = None
 
     async def refresh_backend(self, backend: Backend) -> bool:
         path = "/api/tags" if backend.is_ollama else "/v1/models"
@@ -145,14 +147,41 @@ class Discovery:
                 log.exception("background job failed")
 
     def start(self) -> None:
-        self._tasks.append(asyncio.create_task(self._every(self.interval, lambda: self.refresh(force=True))))
+        self._refresher = asyncio.create_task(self._every(self.interval, lambda: self.refresh(force=True)))
         for backend in self.backends:
-            self._tasks.append(
-                asyncio.create_task(self._every(backend.config.health_check.interval, partial(self.probe, backend)))
-            )
+            self._start_probing(backend)
+
+    def _start_probing(self, backend: Backend) -> None:
+        interval = backend.config.health_check.interval
+        self._probes[backend] = asyncio.create_task(self._every(interval, partial(self.probe, backend)))
+
+    def follow(self, backends: Sequence[Backend], interval: float) -> None:
+        """After a reload: probe the new set of backends (new ones at once), stop probing the others."""
+        self.backends = tuple(backends)
+        self._last_refresh = float("-inf")  # a name not found right after a reload may be a new backend's
+        if self._refresher is None:  # not started (an app that never ran): nothing to re-arm
+            self.interval = interval
+            return
+        if interval != self.interval:
+            self.interval = interval
+            self._refresher.cancel()
+            self._refresher = asyncio.create_task(self._every(interval, lambda: self.refresh(force=True)))
+        for backend in [b for b in self._probes if b not in backends]:
+            self._probes.pop(backend).cancel()
+        for backend in backends:
+            if backend not in self._probes:
+                self._start_probing(backend)
+                task = asyncio.create_task(self._first_look(backend))
+                self._tasks.append(task)
+                task.add_done_callback(self._forget)
+
+    async def _first_look(self, backend: Backend) -> None:
+        await asyncio.gather(self.refresh_backend(backend), self.probe(backend))
 
     async def stop(self) -> None:
-        tasks = list(self._tasks)
+        tasks = [*self._tasks, *self._probes.values(), *([self._refresher] if self._refresher else [])]
+        self._probes.clear()
+        self._refresher = None
         for task in tasks:
             task.cancel()
         for task in tasks:

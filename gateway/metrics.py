@@ -21,6 +21,7 @@ import glob
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import suppress
 from types import MappingProxyType
 from typing import Any
 
@@ -264,6 +265,35 @@ class Metrics:
             self.in_flight.labels(name).set_function(read)
         self._followed = True
         return True
+
+    def set_backends(self, backends: Sequence[str]) -> None:
+        """After a reload: the configured backend names, for the status page's list."""
+        self.backends = tuple(backends)
+
+    def forget_backend(self, name: str) -> None:
+        """Stop exporting every series of a backend removed by a reload (once its last request is counted).
+
+        Single-process only: with ``--workers N`` the values live in shared files that outlast it.
+        """
+        tally = self._tally
+        if tally is not None:
+            for table in (tally.requests, tally.tokens, tally.duration.series, tally.ttfb.series, tally.speed.series):
+                for key in [k for k in table if k[0] == name]:
+                    del table[key]
+        for key in [k for k in self._upstream if k[0] == name]:
+            with suppress(KeyError):
+                self.upstream_errors.remove(key[0] or NO_BACKEND, key[1] or "unknown")
+            del self._upstream[key]
+        # multiprocess mode's children
+        self._route = {k: v for k, v in self._route.items() if k[0] != name}
+        self._token = {k: v for k, v in self._token.items() if k[0] != name}
+        self._speed = {k: v for k, v in self._speed.items() if k[0] != name}
+        for gauge in (self.in_flight, self.up):
+            with suppress(KeyError):
+                gauge.remove(name)
+        self._in_flight.pop(name, None)
+        self._up.pop(name, None)
+        self._snapshot = None
 
     @property
     def counts_in_flight(self) -> bool:

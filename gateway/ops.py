@@ -1,7 +1,8 @@
 """The gateway's own endpoints: liveness, readiness and Prometheus metrics.
 
 ``/healthz`` says the process answers; ``/readyz`` says at least one backend is up according to
-the background probes (so a load balancer stops sending traffic when every box is down).
+the background probes (so a load balancer stops sending traffic when every box is down), and
+answers 503 from the moment a shutdown starts draining.
 ``/metrics`` is public unless ``metrics.require_auth``, which makes it admin-only.
 """
 
@@ -23,6 +24,8 @@ async def healthz(request: web.Request) -> web.Response:
 async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     backends = {b.name: "up" if b.up else "down" for b in state.backends}
+    if state.drain.active:  # shutting down: load balancers should stop sending new requests here
+        return web.json_response({"status": "draining", "backends": backends}, status=503)
     ready = any(b.up for b in state.backends)
     return web.json_response(
         {"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503

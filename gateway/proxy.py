@@ -332,6 +332,7 @@ async def forward(
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,
                     content_type=client_type,
+                    drain=state.drain,
                 )
             finally:
                 if rec.error and metrics is not None:

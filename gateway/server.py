@@ -11,29 +11,35 @@ import asyncio
 import gc
 import ipaddress
 import logging
+import math
 import os
 import signal
 import ssl
 import sys
 import tempfile
 from contextlib import suppress
+from dataclasses import replace
 from pathlib import Path
 
 from aiohttp import web
 
-from .app import create_app, reload_credentials
+from .app import create_app
 from .config import ConfigError, GatewayConfig
 from .configfile import load_config
+from .drain import STREAM_END_GRACE, shut_down
 from .metrics import mark_process_dead, prepare_multiprocess_dir
+from .reload import keep_restart_only, reload_state
+from .state import STATE
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
 log = logging.getLogger("gateway")
+WORKER_EXIT_MARGIN = 5.0  # seconds the parent adds to a worker's drain before killing it
 GC_THRESHOLD = 20_000  # generation-0 allocations between collections (CPython's default is 700)
 
 
-def make_runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
+    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
 
 
 def is_loopback(host: str) -> bool:
@@ -64,31 +70,65 @@ def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
     return context
 
 
-def _reload(app: web.Application, path: Path | None) -> None:
-    """SIGHUP: re-read the config file and swap credentials; a bad file keeps the old ones."""
+def _reload(app: web.Application, path: Path | None, host: str, port: int, file_listen: tuple[str, int]) -> None:
+    """SIGHUP: re-read the config file and apply it to new requests; a bad file changes nothing."""
+    state = app[STATE]
+    if state.drain.active:
+        log.warning("reload ignored: the gateway is shutting down")
+        return
     try:
-        config = load_config(path)
-        reload_credentials(app, config)
+        loaded = load_config(path)
     except ConfigError as exc:
         for line in exc.errors:
-            log.error("reload failed, keeping the previous credentials: %s", line)
+            log.error("reload failed, keeping the previous configuration: %s", line)
         return
-    except ValueError as exc:
-        log.error("reload failed, keeping the previous credentials: %s", exc)
+    reason = unsafe_listen_reason(loaded, host)
+    if reason:
+        log.error("reload failed, keeping the previous configuration: %s", reason)
         return
+    if (loaded.server.host, loaded.server.port) != file_listen:
+        log.warning(
+            "server.host/server.port changed to %s:%d: needs a restart (still listening on %s:%d)",
+            loaded.server.host, loaded.server.port, host, port,
+        )  # fmt: skip
+    config, pending = keep_restart_only(state.config, with_listen(loaded, host, port))
+    for key in pending:
+        log.warning("%s changed: needs a restart to take effect (keeping the running value)", key)
+    report = reload_state(state, config)
     auth = config.auth
     log.info(
-        "reloaded credentials from %s: %d api key(s), %d basic user(s)",
-        path or "<defaults>", len(auth.api_keys) if auth else 0, len(auth.basic_users) if auth else 0,
+        "reloaded %s: backends %s; %d alias(es); auth: %s",
+        path or "<defaults>", report.summary(), len(config.aliases),
+        f"{len(auth.api_keys)} api key(s), {len(auth.basic_users)} basic user(s)" if auth else "off",
     )  # fmt: skip
+
+
+def with_listen(config: GatewayConfig, host: str, port: int) -> GatewayConfig:
+    """``config`` as it runs: ``--host``/``--port`` override the file's listen address."""
+    if (config.server.host, config.server.port) == (host, port):
+        return config
+    return replace(config, server=replace(config.server, host=host, port=port))
 
 
 async def serve(
     config: GatewayConfig, host: str, port: int, *, reuse_port: bool = False, config_path: Path | None = None
 ) -> None:
-    """Serve until SIGINT/SIGTERM (SIGHUP reloads credentials), then shut down gracefully."""
+    """Serve until SIGINT/SIGTERM (SIGHUP reloads the config), then drain gracefully (``drain.py``).
+
+    ``config`` is the file as loaded; ``host``/``port`` are where to listen (they may override it).
+    """
+    file_listen = (config.server.host, config.server.port)
+    config = with_listen(config, host, port)
     app = create_app(config)
-    runner = make_runner(app)
+    # Signals first: once "listening" is logged, a supervisor may send any of them.
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    with suppress(NotImplementedError, AttributeError):
+        loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path, host, port, file_listen)
+    runner = make_runner(app)  # its shutdown timeout is set when the drain starts (drain.py)
     await runner.setup()
     site = web.TCPSite(runner, host, port, ssl_context=ssl_context(config), reuse_port=reuse_port, backlog=4096)
     await site.start()
@@ -102,18 +142,16 @@ async def serve(
     log.info(
         "local-llm-gateway listening on %s://%s:%d (pid %d), backends: %s", scheme, host, port, os.getpid(), backends
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with suppress(NotImplementedError):
-            loop.add_signal_handler(sig, stop.set)
-    with suppress(NotImplementedError, AttributeError):
-        loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path)
     try:
         await stop.wait()
     finally:
-        log.info("shutting down")
-        await runner.cleanup()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal while draining changes nothing
+            with suppress(NotImplementedError):
+                loop.add_signal_handler(sig, log.info, "already draining")
+        server = app[STATE].config.server  # as last reloaded
+        log.info("shutting down: draining for up to %gs", server.shutdown_delay + server.shutdown_timeout)
+        await shut_down(runner, app[STATE].drain, server.shutdown_delay, server.shutdown_timeout)
+    log.info("stopped")
 
 
 def _run_loop(coro_factory: object) -> None:
@@ -138,6 +176,7 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
     for _ in range(workers):
         pid = os.fork()
         if pid == 0:  # child: its own loop, its own app, its own listening socket
+            signal.signal(signal.SIGHUP, signal.SIG_IGN)  # an early SIGHUP must not kill it (serve handles it)
             code = 0
             try:
                 _run_loop(lambda: serve(config, host, port, reuse_port=True, config_path=config_path))
@@ -148,10 +187,25 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
                 os._exit(code)
         children.append(pid)
 
+    # The parent drains the workers: it forwards SIGTERM, then waits as long as a worker's drain may
+    # take (the shutdown settings as last reloaded) plus a margin, and kills what is still running.
+    drain_time = [config.server.shutdown_delay + config.server.shutdown_timeout]
+
     def forward(sig: int, _frame: object) -> None:
+        if drain_time[0] < 0:
+            return  # already draining
         for child in children:
             with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGTERM)
+        signal.signal(signal.SIGALRM, kill_all)
+        signal.alarm(math.ceil(drain_time[0] + STREAM_END_GRACE + WORKER_EXIT_MARGIN))
+        drain_time[0] = -1.0
+
+    def kill_all(sig: int, _frame: object) -> None:
+        log.error("workers still running after the drain: killing them")
+        for child in children:
+            with suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
 
     signal.signal(signal.SIGTERM, forward)
     signal.signal(signal.SIGINT, forward)
@@ -160,6 +214,10 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
         for child in children:
             with suppress(ProcessLookupError):
                 os.kill(child, signal.SIGHUP)
+        if drain_time[0] >= 0:
+            with suppress(ConfigError, OSError):  # the workers log a broken file; here only the drain time matters
+                server = load_config(config_path).server
+                drain_time[0] = server.shutdown_delay + server.shutdown_timeout
 
     signal.signal(signal.SIGHUP, reload_all)
     status = 0
@@ -172,7 +230,10 @@ def run(config: GatewayConfig, host: str, port: int, workers: int = 1, config_pa
                 break
             except InterruptedError:
                 continue
-        status = status or (os.waitstatus_to_exitcode(code) or 0)
+        stopped = drain_time[0] < 0 and os.WIFSIGNALED(code) and os.WTERMSIG(code) == signal.SIGTERM
+        if not stopped:  # (a worker still starting when the SIGTERM came ends by it: that is a clean stop)
+            status = status or (os.waitstatus_to_exitcode(code) or 0)
+    signal.alarm(0)
     return 1 if status else 0
 
 

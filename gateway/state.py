@@ -1,23 +1,26 @@
 """Everything one running gateway owns, in one object hung on the app under ``STATE``.
 
 No module-level mutable state: each ``create_app`` builds its own ``GatewayState``, so tests can
-run several gateways in one process. ``authenticator`` may be swapped whole on config reload,
-which makes the change atomic for every request that starts afterwards.
+run several gateways in one process. A SIGHUP reload (``reload.py``) swaps ``config``,
+``backends``, ``router``, ``authenticator``, ``cors``, ``access_log`` and ``entry`` whole, in one step
+on the loop, which makes the change atomic for every request that starts afterwards.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
 
 from .config import GatewayConfig
+from .drain import Drain
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
+    from .app import EntrySettings
     from .auth import Authenticator, Principal
     from .backends import Backend
     from .cors import CorsPolicy
@@ -43,6 +46,9 @@ class GatewayState:
     # The serving loop, kept at startup: on Python 3.11 every asyncio.get_running_loop() call
     # makes a getpid() system call, which the per-request path should not pay.
     loop: asyncio.AbstractEventLoop | None = None
+    entry: EntrySettings | None = None  # what the entry middleware reads once per request (app.py)
+    drain: Drain = field(default_factory=Drain)  # SIGTERM's graceful drain (drain.py)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)  # background jobs of reloads; cancelled at shutdown
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

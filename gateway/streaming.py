@@ -20,7 +20,8 @@ import aiohttp
 from aiohttp import web
 
 from .cors import CorsPolicy
-from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_body
+from .drain import Drain
+from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, ServiceUnavailable, error_body
 from .headers import downstream_headers
 from .record import RequestRecord
 from .upstream import UpstreamError, UpstreamProtocolError, UpstreamResponse
@@ -207,6 +208,7 @@ async def relay(
     cors: CorsPolicy | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
     content_type: str | None = None,
+    drain: Drain | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive.
 
@@ -244,6 +246,12 @@ async def relay(
         response.content_length = length  # exact, undecoded bytes: keep the length
     last = b""
     pipe: _Pipe | None = None
+    task = None
+    if drain is not None:  # a shutdown that outlasts this response ends it (see drain.py)
+        if drain.active:
+            response.force_close()
+        task = request.task
+        drain.streams.add(task)
     try:
         await response.prepare(request)
         transport = request.transport
@@ -307,10 +315,21 @@ async def relay(
         rec.status = 499
         rec.error = "client_closed"
     except asyncio.CancelledError:  # same, noticed by aiohttp while we were waiting (handler_cancellation)
+        if drain is not None and drain.expired:  # or the gateway's shutdown timeout passed
+            rec.error = "shutdown"
+            if pipe is not None:
+                pipe.client_gone = True  # the backend's further bytes are not forwarded
+                last = pipe.last or last
+            at_boundary = _at_boundary(last, "event-stream" in content_type)
+            err = ServiceUnavailable("the gateway shut down before the response was complete (server.shutdown_timeout)")
+            await _end_abnormally(request, response, dialect, err, streamed and at_boundary)
+            raise
         rec.status = 499
         rec.error = "client_closed"
         raise
     finally:
+        if task is not None:
+            drain.streams.discard(task)  # type: ignore[union-attr]
         watchdog.cancel()
         upstream.close()
         rec.end = loop.time()
@@ -365,6 +384,13 @@ async def _abort(
     else:
         rec.error = "protocol" if isinstance(exc, PROTOCOL_ERRORS) else "reset"
         err = BadGateway("the backend closed the connection in the middle of the response")
+    await _end_abnormally(request, response, dialect, err, in_band)
+
+
+async def _end_abnormally(
+    request: web.Request, response: web.StreamResponse, dialect: Dialect, err: GatewayError, in_band: bool
+) -> None:
+    """An in-band error event (when the stream is at an event boundary), then no final chunk."""
     if in_band:
         body = error_body(dialect, err)
         if response.content_type == "text/event-stream":

@@ -13,8 +13,8 @@ import ollama
 import openai
 import pytest
 
-from gateway.app import reload_credentials
 from gateway.configfile import parse_config
+from gateway.reload import reload_state
 
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import FakeBackend
@@ -210,9 +210,8 @@ async def test_revoked_after_reload(secured: tuple[FakeBackend, RunningGateway],
         assert resp.status == 200  # now cached as verified
     section = auth_section()
     section["api_keys"] = [k for k in section["api_keys"] if k["name"] != "webui"]
-    reload_credentials(
-        gw.app, parse_config({"backends": [{"name": "d", "url": "http://127.0.0.1:9"}], "auth": section})
-    )
+    config = parse_config({"backends": [{"name": "d", "url": "http://127.0.0.1:9"}], "auth": section})
+    reload_state(gw.state, config)
     async with http.get(f"{gw.url}/v1/models", headers=headers) as resp:
         assert resp.status == 401
     async with http.get(f"{gw.url}/v1/models", headers={"Authorization": f"Bearer {SHA_KEY}"}) as resp:

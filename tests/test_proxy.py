@@ -390,8 +390,10 @@ async def test_x_gateway_backend_picks_the_ollama_that_receives_a_pull(
     assert [r.path for r in second.requests] == ["/api/pull"] and not first.requests
 
 
-async def test_turning_auth_on_needs_a_restart_not_a_reload() -> None:
-    from gateway.app import create_app, reload_credentials
+async def test_turning_auth_on_by_reload_keeps_the_listen_address_check() -> None:
+    from gateway.app import create_app
+    from gateway.reload import reload_state
+    from gateway.server import unsafe_listen_reason
 
     plain = parse_config({"backends": [{"name": "a", "url": "http://127.0.0.1:9"}]}, env={})
     secured = parse_config(
@@ -402,6 +404,9 @@ async def test_turning_auth_on_needs_a_restart_not_a_reload() -> None:
         env={},
     )
     app = create_app(plain)
-    with pytest.raises(ValueError, match="turning auth on or off needs a restart"):
-        reload_credentials(app, secured)
+    reload_state(app[STATE], secured)  # on: always safe
+    assert app[STATE].authenticator is not None
+    # off again: refused on a non-loopback address (server.py checks before reloading), fine on loopback
+    assert unsafe_listen_reason(plain, "0.0.0.0") is not None and unsafe_listen_reason(plain, "127.0.0.1") is None
+    reload_state(app[STATE], plain)
     assert app[STATE].authenticator is None

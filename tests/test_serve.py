@@ -105,6 +105,6 @@ async def test_sighup_reloads_credentials(tmp_path: Path, backend_factory: Backe
     assert proc.returncode == 0
     assert proc.stderr is not None
     log = (seen + await proc.stderr.read()).decode()
-    assert "reload failed, keeping the previous credentials" in log
-    assert "reloaded credentials from" in log and KEY not in log
+    assert "reload failed, keeping the previous configuration" in log
+    assert "reloaded " in log and "auth: 2 api key(s), 0 basic user(s)" in log and KEY not in log
     assert "auth.api_keys[2].name: 'spare' is also the name of auth.api_keys[1]" in log  # startup warning
