@@ -23,6 +23,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from .accesslog import AccessLog
+from .affinity import Affinity
 from .auth import Authenticator
 from .backends import Backend
 from .config import AuthConfig, GatewayConfig
@@ -198,6 +199,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
         access_log=AccessLog(config.logging.format, logging.getLogger("gateway.access")),
         cors=CorsPolicy(config.cors),
         authenticator=authenticator,
+        affinity=Affinity() if config.routing.affinity == "prefix" else None,
     )
 
 
@@ -229,14 +231,18 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics = state.metrics
 
     def on_health(backend: Backend) -> None:
-        if metrics is not None:
-            metrics.backend_up(backend.name, backend.up)
+        if metrics is not None:  # 0 while its circuit is open, too
+            metrics.backend_up(backend.name, backend.up and not (backend.circuit and backend.circuit.is_open))
 
     discovery = Discovery(session, state.backends, state.config.routing.discovery_interval, on_health)
     state.discovery = discovery
     if metrics is not None:  # in-flight gauges read the backends' own counters when scraped
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
+        if backend.circuit is not None:
+            backend.circuit.on_change = partial(on_health, backend)
+        if backend.loaded is not None and metrics is not None:
+            backend.loaded.on_cold = metrics.cold_load
         on_health(backend)
         if backend.config.url.scheme == "http":
             backend.pool = UpstreamPool.from_url(backend.base)

@@ -18,6 +18,7 @@ from .config import GatewayConfig
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
+    from .affinity import Affinity
     from .auth import Authenticator, Principal
     from .backends import Backend
     from .cors import CorsPolicy
@@ -43,6 +44,7 @@ class GatewayState:
     # The serving loop, kept at startup: on Python 3.11 every asyncio.get_running_loop() call
     # makes a getpid() system call, which the per-request path should not pay.
     loop: asyncio.AbstractEventLoop | None = None
+    affinity: Affinity | None = None  # routing.affinity: prefix (affinity.py); None costs nothing
 
 
 STATE = web.AppKey("gateway_state", GatewayState)
