@@ -74,7 +74,7 @@ async def test_ollama_and_anthropic_dialects_keep_their_conversation(
     client = ollama.AsyncClient(host=gw.url)
     for c in range(4):
         history = [{"role": "user", "content": f"ollama-{c}"}]
-        for turn in range(3):
+        for _turn in range(3):
             answer = await client.chat(model="m", messages=history)
             history += [{"role": "assistant", "content": answer.message.content}, {"role": "user", "content": "more"}]
         assert len(set(served_by(backends, f"ollama-{c}"))) == 1
