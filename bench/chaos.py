@@ -118,8 +118,14 @@ class ChaosBackend:
             text = "".join(pieces)
             if openai:
                 message = {"role": "assistant", "content": text}
-                return web.json_response({"id": nonce, "object": "chat.completion", "model": MODEL,
-                                          "choices": [{"index": 0, "message": message, "finish_reason": "stop"}]})
+                return web.json_response(
+                    {
+                        "id": nonce,
+                        "object": "chat.completion",
+                        "model": MODEL,
+                        "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                    }
+                )
             return web.json_response({"model": MODEL, "done": True, "message": {"role": "assistant", "content": text}})
         response = web.StreamResponse(
             headers={"Content-Type": "text/event-stream" if openai else "application/x-ndjson"}
@@ -131,8 +137,12 @@ class ChaosBackend:
             if self.mode == "slow":
                 await asyncio.sleep(0.05)
             if openai:
-                chunk = {"id": nonce, "object": "chat.completion.chunk", "model": MODEL,
-                         "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]}
+                chunk = {
+                    "id": nonce,
+                    "object": "chat.completion.chunk",
+                    "model": MODEL,
+                    "choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}],
+                }
                 await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
             else:
                 chunk = {"model": MODEL, "done": False, "message": {"role": "assistant", "content": piece}}
@@ -142,8 +152,17 @@ class ChaosBackend:
             await response.write(b'data: {"id":"x","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n')
             await response.write(b"data: [DONE]\n\n")
         else:
-            await response.write(json.dumps({"model": MODEL, "done": True, "done_reason": "stop",
-                                             "message": {"role": "assistant", "content": ""}}).encode() + b"\n")
+            await response.write(
+                json.dumps(
+                    {
+                        "model": MODEL,
+                        "done": True,
+                        "done_reason": "stop",
+                        "message": {"role": "assistant", "content": ""},
+                    }
+                ).encode()
+                + b"\n"
+            )
         await response.write_eof()
         return response
 
@@ -216,8 +235,9 @@ def stream_content(openai: bool, raw: bytes) -> tuple[str, bool, bool]:
     return "".join(text), done, in_band
 
 
-async def one_request(http: aiohttp.ClientSession, url: str, rng: random.Random, n: int, tally: Tally,
-                      timeout: float) -> None:
+async def one_request(
+    http: aiohttp.ClientSession, url: str, rng: random.Random, n: int, tally: Tally, timeout: float
+) -> None:
     openai, stream = rng.random() < 0.5, rng.random() < 0.6
     count = rng.randint(3, 30)
     nonce = f"r{n}"
@@ -269,12 +289,13 @@ async def one_request(http: aiohttp.ClientSession, url: str, rng: random.Random,
             tally.not_accepted += 1
     except TimeoutError:
         tally.lose(f"no answer within {timeout:g}s", f"{kind} {nonce}")
-    except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+    except aiohttp.ServerDisconnectedError as exc:
         tally.lose("disconnected without an answer", f"{kind} {nonce}: {exc!r}")
 
 
-async def client_loop(url: str, seed: int, stop: asyncio.Event, tally: Tally, counter: collections.abc.Iterator[int],
-                      timeout: float) -> None:
+async def client_loop(
+    url: str, seed: int, stop: asyncio.Event, tally: Tally, counter: collections.abc.Iterator[int], timeout: float
+) -> None:
     rng = random.Random(seed)
     async with aiohttp.ClientSession() as http:
         while not stop.is_set():
@@ -284,8 +305,9 @@ async def client_loop(url: str, seed: int, stop: asyncio.Event, tally: Tally, co
 # ------------------------------------------------------------------ schedule and gateway
 
 
-async def chaos_schedule(backends: list[ChaosBackend], rng: random.Random, every: float, stop: asyncio.Event,
-                         events: list[str], start: float) -> None:
+async def chaos_schedule(
+    backends: list[ChaosBackend], rng: random.Random, every: float, stop: asyncio.Event, events: list[str], start: float
+) -> None:
     """Every ``every`` s: one backend misbehaves for a while (kill / slow / hang / stall / 503), then recovers."""
     pending: set[asyncio.Task[None]] = set()
 
