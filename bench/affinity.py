@@ -6,7 +6,8 @@
     ../shared/real-backend/stop.sh 18711 && ../shared/real-backend/stop.sh 18712
 
 Two OpenAI-compatible servers that cache the prompt they last processed (llama.cpp: llama-cpp-python's
-server, vLLM with prefix caching) sit behind a real ``gateway serve`` subprocess, once per mode. Each
+server, vLLM with prefix caching) sit behind two real ``gateway serve`` subprocesses, one per mode,
+used in turns (so a busy moment of a shared machine hits both modes alike). Each
 conversation has its own long system prompt (``--words`` words, a few thousand tokens) and two turns:
 turn 1, then turn 2 resending turn 1 and its answer. Without affinity least-in-flight routing sends
 turn 2 to whichever backend is next and it reads the whole prompt again; with affinity it goes to the
@@ -68,13 +69,14 @@ async def first_token(http: aiohttp.ClientSession, url: str, body: dict[str, Any
     return ttft, "".join(text), backend
 
 
-async def run_mode(args: argparse.Namespace, affinity: str, model: str) -> dict[str, Any]:
+async def start_gateway(args: argparse.Namespace, affinity: str) -> tuple[asyncio.subprocess.Process, str]:
+    """A ``gateway serve`` subprocess in front of both backends; (process, base URL) once it is ready."""
     port = free_port()
     workdir = tempfile.mkdtemp(prefix="gateway-affinity-")
     config = os.path.join(workdir, "gateway.yaml")
     entries = "".join(
         f"  - {{name: rb{i}, url: '{url}', type: openai, timeouts: {{first_byte: 120s}}, "
-        f"health_check: {{interval: 600s}}}}\n"
+        f"health_check: {{interval: 600s}}}}\n"  # probes must not mark a busy llama.cpp down mid-run
         for i, url in enumerate(args.backend)
     )
     with open(config, "w") as f:
@@ -85,62 +87,68 @@ async def run_mode(args: argparse.Namespace, affinity: str, model: str) -> dict[
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
-    rng = random.Random(args.seed)
-    turn1, turn2, prompt_tokens = [], [], []
-    try:
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=300)) as http:
-            for _ in range(100):
-                try:
-                    async with http.get(base + "/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.1)
-            url = base + "/v1/chat/completions"
-            for c in range(args.conversations):
-                system = f"Conversation {c} {rng.random():.6f}. " + " ".join(
-                    rng.choice(WORDS) for _ in range(args.words)
-                )
-                messages: list[dict[str, str]] = [
-                    {"role": "system", "content": system},
-                    {"role": "user", "content": "what is the first word"},
-                ]
-                body = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0}
-                started = time.perf_counter()
-                async with http.post(
-                    url, json={**body, "stream": False}
-                ) as resp:  # turn 1 (its time: prefill + 8 tokens)
-                    doc = await resp.json()
-                t1 = time.perf_counter() - started
-                prompt_tokens.append(doc["usage"]["prompt_tokens"])
-                answer = doc["choices"][0]["message"]["content"]
-                messages = [
-                    *messages,
-                    {"role": "assistant", "content": answer},
-                    {"role": "user", "content": "and the next"},
-                ]
-                t2, _, _ = await first_token(http, url, {**body, "messages": messages})
-                turn1.append(t1)
-                turn2.append(t2)
-    finally:
-        proc.terminate()
-        await proc.wait()
-    return {
-        "affinity": affinity,
-        "prompt_tokens_median": statistics.median(prompt_tokens),
-        "turn1_total_median_ms": round(statistics.median(turn1) * 1000, 1),
-        "turn2_ttft_median_ms": round(statistics.median(turn2) * 1000, 1),
-        "turn2_ttft_mean_ms": round(statistics.mean(turn2) * 1000, 1),
-        "turn2_ttft_ms": [round(t * 1000, 1) for t in turn2],
-    }
+    async with aiohttp.ClientSession() as http:
+        for _ in range(300):
+            try:
+                async with http.get(base + "/readyz") as resp:
+                    if resp.status == 200:
+                        return proc, base
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    proc.terminate()
+    raise SystemExit(f"the gateway ({affinity}) did not become ready")
+
+
+async def conversation(http: aiohttp.ClientSession, base: str, model: str, system: str) -> tuple[float, float, int]:
+    """(turn 1 whole time, turn 2 time to first token, prompt tokens) of one two-turn chat."""
+    url = base + "/v1/chat/completions"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": "what is the first word"}]
+    body: dict[str, Any] = {"model": model, "messages": messages, "max_tokens": 8, "temperature": 0}
+    started = time.perf_counter()
+    async with http.post(url, json={**body, "stream": False}) as resp:  # turn 1: prefill and 8 tokens
+        resp.raise_for_status()
+        doc = await resp.json()
+    t1 = time.perf_counter() - started
+    answer = doc["choices"][0]["message"]["content"]
+    turn2 = [*messages, {"role": "assistant", "content": answer}, {"role": "user", "content": "and the next"}]
+    t2, _, _ = await first_token(http, url, {**body, "messages": turn2})
+    return t1, t2, int(doc["usage"]["prompt_tokens"])
 
 
 async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     async with aiohttp.ClientSession() as http:
         async with http.get(args.backend[0].rstrip("/") + "/v1/models") as resp:
             model = (await resp.json())["data"][0]["id"]
-    return [await run_mode(args, mode, model) for mode in ("none", "prefix")]
+    modes = ("none", "prefix")
+    gateways = [await start_gateway(args, mode) for mode in modes]
+    rng = random.Random(args.seed)
+    seen: dict[str, list[tuple[float, float, int]]] = {mode: [] for mode in modes}
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=600)) as http:
+            for c in range(args.conversations):
+                # Both modes take turns, so a busy moment of the (shared) machine hits both alike.
+                for m in (0, 1) if c % 2 == 0 else (1, 0):
+                    words = " ".join(rng.choice(WORDS) for _ in range(args.words))
+                    system = f"Conversation {c} {modes[m]} {rng.random():.6f}. {words}"
+                    seen[modes[m]].append(await conversation(http, gateways[m][1], model, system))
+    finally:
+        for proc, _ in gateways:
+            proc.terminate()
+            await proc.wait()
+    results = []
+    for mode in modes:
+        turn1 = [t for t, _, _ in seen[mode]]
+        turn2 = [t for _, t, _ in seen[mode]]
+        results.append({
+            "affinity": mode,
+            "prompt_tokens_median": statistics.median(n for _, _, n in seen[mode]),
+            "turn1_total_median_ms": round(statistics.median(turn1) * 1000, 1),
+            "turn2_ttft_median_ms": round(statistics.median(turn2) * 1000, 1),
+            "turn2_ttft_mean_ms": round(statistics.mean(turn2) * 1000, 1),
+            "turn2_ttft_ms": [round(t * 1000, 1) for t in turn2],
+        })  # fmt: skip
+    return results
 
 
 def main() -> int:

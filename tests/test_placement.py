@@ -15,6 +15,7 @@ import ollama
 import pytest
 from aiohttp import web
 
+from gateway.metrics import Metrics
 from gateway.placement import DEFAULT_KEEP_ALIVE, FOREVER, LoadedModels, keep_alive_seconds
 
 from .conftest import GatewayFactory, RunningGateway
@@ -238,6 +239,14 @@ def test_rank_prefers_loaded_then_room_then_idle_then_busy() -> None:
     assert box.rank("b", now) == 2  # idle: evicting a costs nobody a stream
     box.sync({"models": [{"name": "a"}, {"name": "b"}]}, str)
     assert box.capacity == 2 and box.rank("b", now) == 0 and box.rank("c", now) == 2
+
+
+def test_cold_loads_metric_single_process() -> None:
+    metrics = Metrics(["one"])
+    metrics.cold_load("one", "a:latest")
+    metrics.cold_load("one", "a:latest")
+    assert metrics.registry.get_sample_value("gateway_cold_loads_total", {"backend": "one", "model": "a:latest"}) == 2
+    assert 'gateway_cold_loads_total{backend="one",model="a:latest"} 2.0' in metrics.render()[0].decode()
 
 
 def test_keep_alive_parsing() -> None:
