@@ -272,7 +272,8 @@ async def forward(
         if in_flight is not None:
             in_flight.started(backend.name)
         circuit, loaded = backend.circuit, backend.loaded
-        trial, placed, answered = False, "", False  # trial: a half-open circuit's trial awaiting its verdict
+        trial, placed = False, ""  # trial: a half-open circuit's trial awaiting its verdict
+        answered: bool | None = None  # the head's verdict: None when there was none (the client left)
         try:
             if circuit is not None:
                 if not circuit.enter():  # opened, or its one trial taken, since routing chose it
@@ -301,7 +302,7 @@ async def forward(
                 if circuit is not None:
                     circuit.failed(rec.error)
                     trial = False
-                error = exc
+                answered, error = False, exc
                 if rec.error == "timeout":  # the first-byte budget is spent: another backend cannot meet it
                     break
                 continue
@@ -350,7 +351,7 @@ async def forward(
             if trial and circuit is not None:  # no verdict (the client left, an unforwardable request)
                 circuit.abandoned()
             if placed and loaded is not None:
-                loaded.end(placed, failed=not answered or rec.error in FAILURE_REASONS)
+                loaded.end(placed, failed=answered is False or rec.error in FAILURE_REASONS)
             backend.release()
             if in_flight is not None:
                 in_flight.finished(backend.name)

@@ -192,6 +192,9 @@ async def test_the_probe_learns_loaded_models_and_capacity_from_api_ps(
         async with http.post(f"{gw.url}/api/chat", json={"model": "a", "stream": False, "messages": []}) as resp:
             assert (await resp.json())["message"]["content"] == "empty:a:latest"
     assert empty.total_loads == 1 and cold_loads(gw) == 1
+    async with http.get(f"{gw.url}/dashboard/data") as resp:  # the status page shows what each box holds
+        rows = {row["name"]: row["loaded"] for row in (await resp.json())["backends"]}
+    assert rows == {"warm": ["c:latest", "b:latest"], "empty": ["a:latest"]}
 
 
 async def test_keep_alive_expiry_is_followed(
