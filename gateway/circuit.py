@@ -1,8 +1,10 @@
 """Circuit breaking: a backend whose real requests keep failing is taken out at once, not at the next probe.
 
 One ``Circuit`` per backend with ``circuit.failures`` > 0 (``Backend.circuit``). The proxy reports
-each attempt's outcome as soon as it is known: a response head that is not 502/503/504 is a success;
-no head (connect error, reset, first-byte timeout, invalid response) or a 502/503/504 is a failure.
+each attempt's outcome: a response relayed whole is a success; no head (connect error, reset,
+first-byte timeout, invalid response), a 502/503/504, or a body the backend cut (reset, idle timeout)
+is a failure; a client that left gives no verdict. A half-open trial is decided by its head, so a
+long stream does not keep the backend waiting for its verdict.
 ``failures`` consecutive failures open the circuit: routing skips the backend without paying its
 timeout. After ``cooldown`` the circuit is half-open: exactly one trial request is let through and
 its outcome decides (success closes it, failure re-opens it for another cooldown); a successful
@@ -66,7 +68,7 @@ class Circuit:
         return True
 
     def succeeded(self) -> None:
-        """A response head that was not 502/503/504: the backend works."""
+        """A response relayed whole (or a trial's good head): the backend works."""
         self.streak = 0
         if self.open_until != 0.0:
             self._close()

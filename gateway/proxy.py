@@ -316,11 +316,11 @@ async def forward(
                     f"check backends[{backend.index}].api_key"
                 )
             answered = upstream.status not in RETRY_STATUSES
-            if circuit is not None:  # a head arrived: judge the backend on it
-                if answered:
-                    circuit.succeeded()
-                else:
+            if circuit is not None:  # a 502/503/504 head fails it; a good head decides a trial at once
+                if not answered:
                     circuit.failed("status")
+                elif trial:
+                    circuit.succeeded()
                 trial = False
             if upstream.status in RETRY_STATUSES and not last_try:
                 upstream.close()
@@ -345,8 +345,11 @@ async def forward(
             finally:
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
-                if rec.error in FAILURE_REASONS and circuit is not None:  # cut mid-stream by the backend
-                    circuit.failed(rec.error)
+                if circuit is not None and answered:  # the whole answer relayed, or cut by the backend
+                    if not rec.error:
+                        circuit.succeeded()
+                    elif rec.error in FAILURE_REASONS:
+                        circuit.failed(rec.error)
         finally:
             if trial and circuit is not None:  # no verdict (the client left, an unforwardable request)
                 circuit.abandoned()

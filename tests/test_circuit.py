@@ -225,3 +225,18 @@ def test_circuit_states() -> None:
     circuit.succeeded()
     assert not circuit.is_open and circuit.streak == 0 and changes == [True, True]
     assert circuit.describe() == ""
+
+
+async def test_a_stream_cut_by_the_backend_counts_as_a_failure(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    backend = await backend_factory("cutter", kind="openai", drop_after=1)
+    entry = backend_entry(backend, models=["m"], circuit={"failures": 2, "cooldown": "60s"})
+    gw = await gateway_factory({"backends": [entry]})
+    for _ in range(2):  # the head arrived (a success), then the backend reset the stream (a failure)
+        async with http.post(f"{gw.url}/v1/chat/completions", json={**CHAT, "stream": True}) as resp:
+            assert resp.status == 200
+            with pytest.raises(aiohttp.ClientPayloadError):
+                await resp.read()
+    circuit = gw.state.backends[0].circuit
+    assert circuit is not None and circuit.is_open and circuit.reason == "connection reset"
