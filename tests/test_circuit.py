@@ -14,8 +14,10 @@ from aiohttp import web
 from gateway.circuit import Circuit
 from gateway.config import CircuitConfig
 
+from .browser import browser_page
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import FakeBackend
+from .test_dashboard_browser import wait_until
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 
@@ -240,3 +242,23 @@ async def test_a_stream_cut_by_the_backend_counts_as_a_failure(
                 await resp.read()
     circuit = gw.state.backends[0].circuit
     assert circuit is not None and circuit.is_open and circuit.reason == "connection reset"
+
+
+async def test_the_status_page_says_why_a_backend_is_out(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    broken = await backend_factory("broken", kind="openai", status=503)
+    good = await backend_factory("good", kind="openai")
+    entries = [backend_entry(b, models=["m"], circuit={"failures": 1, "cooldown": "60s"}) for b in (broken, good)]
+    gw = await gateway_factory({"backends": entries})
+    while not broken.requests:
+        assert (await chat(http, gw))[0] == 200  # retried on the good one
+    async with browser_page() as page:
+        await page.goto(f"{gw.url}/dashboard")
+        await wait_until(page, "() => document.querySelector('#backends tr[data-backend=\"broken\"]') !== null")
+        pill = await page.get_attribute('#backends tr[data-backend="broken"] .pill', "title")
+        state = await page.text_content('#backends tr[data-backend="broken"] .pill')
+        summary = await page.text_content("#total-down")
+    assert state == "down"
+    assert pill is not None and pill.startswith("circuit open: 1 consecutive failures (HTTP 502/503/504), retry in ")
+    assert summary is not None and summary.startswith("down: broken (circuit open: 1 consecutive failures")
