@@ -215,6 +215,21 @@ async def _flush_logs_every(seconds: float) -> None:
         _flush_access_log()
 
 
+def report_up(metrics: Metrics, backend: Backend) -> None:
+    """``gateway_backend_up``: 1 when its probes pass and its circuit is not open."""
+    metrics.backend_up(backend.name, backend.up and not (backend.circuit is not None and backend.circuit.is_open))
+
+
+def wire_backend(backend: Backend, metrics: Metrics | None) -> None:
+    """Connect a backend's circuit and loaded-model view to the metrics (at startup; a reload's new backends too)."""
+    if metrics is None:
+        return
+    if backend.circuit is not None:
+        backend.circuit.on_change = partial(report_up, metrics, backend)
+    if backend.loaded is not None:
+        backend.loaded.on_cold = metrics.cold_load
+
+
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     """One ClientSession per app (a connection pool), discovery and probes; closed in reverse."""
     state = app[STATE]
@@ -231,18 +246,15 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     metrics = state.metrics
 
     def on_health(backend: Backend) -> None:
-        if metrics is not None:  # 0 while its circuit is open, too
-            metrics.backend_up(backend.name, backend.up and not (backend.circuit and backend.circuit.is_open))
+        if metrics is not None:
+            report_up(metrics, backend)
 
     discovery = Discovery(session, state.backends, state.config.routing.discovery_interval, on_health)
     state.discovery = discovery
     if metrics is not None:  # in-flight gauges read the backends' own counters when scraped
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
-        if backend.circuit is not None:
-            backend.circuit.on_change = partial(on_health, backend)
-        if backend.loaded is not None and metrics is not None:
-            backend.loaded.on_cold = metrics.cold_load
+        wire_backend(backend, metrics)
         on_health(backend)
         if backend.config.url.scheme == "http":
             backend.pool = UpstreamPool.from_url(backend.base)
