@@ -138,3 +138,24 @@ def test_memory_is_bounded() -> None:
     for key in range(10):
         affinity.remember(key, "b")
     assert len(affinity) == 3
+
+
+async def test_when_its_backend_is_out_the_conversation_moves_and_stays(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    backends, gw = await two_backends(
+        backend_factory, gateway_factory, "prefix", circuit={"failures": 1, "cooldown": "60s"}
+    )
+    history: list[dict[str, str]] = [{"role": "user", "content": "moving conversation"}]
+
+    async def turn() -> str:
+        async with http.post(f"{gw.url}/v1/chat/completions", json={"model": "m", "messages": history}) as resp:
+            assert resp.status == 200
+            history.extend([{"role": "assistant", "content": "ok"}, {"role": "user", "content": "more"}])
+            return resp.headers["X-Fake-Backend"]
+
+    home = await turn()
+    await next(b for b in backends if b.name == home).stop()  # connect errors from now on
+    moved = await turn()  # the circuit opens on the failed attempt; the retry serves it elsewhere
+    assert moved != home
+    assert [await turn() for _ in range(3)] == [moved] * 3
