@@ -35,6 +35,8 @@ class OllamaBox:
     served: list[str] = field(default_factory=list)  # model of every generation request, in order
     url: str = ""
     runner: web.AppRunner | None = None
+    arrivals: asyncio.Queue[str] | None = None  # when set: each request is announced here on arrival...
+    release: asyncio.Event | None = None  # ...and answered only once this is set
     _lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     async def start(self) -> OllamaBox:
@@ -83,6 +85,9 @@ class OllamaBox:
         if ":" not in model:
             model += ":latest"
         self.served.append(model)
+        if self.arrivals is not None and self.release is not None:
+            self.arrivals.put_nowait(model)
+            await self.release.wait()
         async with self._lock:  # one load at a time, as a GPU does
             self._expire()
             if model not in self.loaded:
@@ -142,16 +147,27 @@ def cold_loads(gw: RunningGateway) -> float:
     return sum(s.value for s in samples if s.name == "gateway_cold_loads_total")
 
 
-async def alternating_clients(url: str, rounds: int) -> None:
-    """Two clients in lockstep, each alternating the two models (one starts with a, the other with b)."""
+async def alternating_clients(url: str, rounds: int, boxes: list[OllamaBox]) -> None:
+    """Two clients in lockstep, each alternating the two models (one starts with a, the other with b).
+
+    In each round both requests are in flight together, and the first reaches its box before the
+    second is sent: the same interleaving every run, so the counts below are exact.
+    """
+    arrivals: asyncio.Queue[str] = asyncio.Queue()
+    release = asyncio.Event()
+    for box in boxes:
+        box.arrivals, box.release = arrivals, release
     client = ollama.AsyncClient(host=url)
     order = ("a:latest", "b:latest")
     for r in range(rounds):
         first, second = order[r % 2], order[(r + 1) % 2]
-        answers = await asyncio.gather(
-            client.chat(model=first, messages=[{"role": "user", "content": "hi"}]),
-            client.chat(model=second, messages=[{"role": "user", "content": "hi"}]),
-        )
+        release.clear()
+        tasks = []
+        for model in (first, second):
+            tasks.append(asyncio.create_task(client.chat(model=model, messages=[{"role": "user", "content": "hi"}])))
+            await arrivals.get()
+        release.set()
+        answers = await asyncio.gather(*tasks)
         assert [a.message.content.split(":", 1)[1] for a in answers] == [first, second]
 
 
@@ -162,7 +178,7 @@ async def test_alternating_models_cause_no_cold_loads_after_warm_up(
     # Placement: Ollama backends. Two boxes, each holding one model; two models alternating.
     one, two = await box_factory("one"), await box_factory("two")
     gw = await gateway_factory({"backends": [box_entry(one), box_entry(two)]})
-    await alternating_clients(gw.url, rounds)
+    await alternating_clients(gw.url, rounds, [one, two])
     assert one.total_loads + two.total_loads == 2  # warm-up only: each model loaded once, on its own box
     assert {tuple(set(one.served)), tuple(set(two.served))} == {("a:latest",), ("b:latest",)}
     assert cold_loads(gw) == 2  # the gateway's count agrees with what the boxes did
@@ -170,7 +186,7 @@ async def test_alternating_models_cause_no_cold_loads_after_warm_up(
     # The same boxes behind plain least-in-flight routing (typed openai: no placement): a load per request.
     three, four = await box_factory("three"), await box_factory("four")
     plain = await gateway_factory({"backends": [box_entry(three, "openai"), box_entry(four, "openai")]})
-    await alternating_clients(plain.url, rounds)
+    await alternating_clients(plain.url, rounds, [three, four])
     assert three.total_loads + four.total_loads == 2 * rounds
 
 
