@@ -25,6 +25,7 @@ from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 
 from .accesslog import AccessLog
+from .affinity import Affinity
 from .auth import Authenticator
 from .backends import Backend
 from .config import AuthConfig, GatewayConfig
@@ -232,6 +233,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
         access_log=AccessLog(config.logging.format, logging.getLogger("gateway.access")),
         cors=CorsPolicy(config.cors),
         authenticator=authenticator,
+        affinity=Affinity() if config.routing.affinity == "prefix" else None,
     )
 
 
@@ -245,6 +247,21 @@ async def _flush_logs_every(seconds: float) -> None:
     while True:
         await asyncio.sleep(seconds)
         _flush_access_log()
+
+
+def report_up(metrics: Metrics, backend: Backend) -> None:
+    """``gateway_backend_up``: 1 when its probes pass and its circuit is not open."""
+    metrics.backend_up(backend.name, backend.up and not (backend.circuit is not None and backend.circuit.is_open))
+
+
+def wire_backend(backend: Backend, metrics: Metrics | None) -> None:
+    """Connect a backend's circuit and loaded-model view to the metrics (at startup; a reload's new backends too)."""
+    if metrics is None:
+        return
+    if backend.circuit is not None:
+        backend.circuit.on_change = partial(report_up, metrics, backend)
+    if backend.loaded is not None:
+        backend.loaded.on_cold = metrics.cold_load
 
 
 async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
@@ -264,13 +281,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
 
     def on_health(backend: Backend) -> None:
         if metrics is not None:
-            metrics.backend_up(backend.name, backend.up)
+            report_up(metrics, backend)
 
     discovery = Discovery(session, state.backends, state.config.routing.discovery_interval, on_health)
     state.discovery = discovery
     if metrics is not None:  # in-flight gauges read the backends' own counters when scraped
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
+        wire_backend(backend, metrics)
         on_health(backend)
         if backend.config.url.scheme == "http":
             backend.pool = UpstreamPool.from_url(backend.base)

@@ -15,9 +15,11 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
+from .circuit import Circuit
 from .config import BackendConfig
 from .errors import ServiceUnavailable, TooManyRequests
 from .names import ollama_canonical
+from .placement import LoadedModels
 from .upstream import UpstreamPool
 
 __all__ = ["Backend", "DiscoveredModel"]
@@ -51,6 +53,8 @@ class Backend:
     prefix: str = ""
     client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
     pool: UpstreamPool | None = None  # the lean keep-alive client for http:// backends (opened by the app)
+    circuit: Circuit | None = None  # None when circuit.failures is 0 (circuit.py)
+    loaded: LoadedModels | None = None  # Ollama only: models it holds in memory (placement.py)
 
     def __post_init__(self) -> None:
         self.base = str(self.config.url).rstrip("/")
@@ -60,6 +64,10 @@ class Backend:
         self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect)
         if self.config.max_concurrency:
             self._slots = asyncio.Semaphore(self.config.max_concurrency)
+        if self.config.circuit.failures:
+            self.circuit = Circuit(self.config.circuit)
+        if self.is_ollama:
+            self.loaded = LoadedModels(self.config.name)
 
     @property
     def name(self) -> str:
@@ -68,6 +76,12 @@ class Backend:
     @property
     def is_ollama(self) -> bool:
         return self.config.type == "ollama"
+
+    @property
+    def available(self) -> bool:
+        """Routable now: passing health probes and its circuit (if any) not open."""
+        circuit = self.circuit
+        return self.up and (circuit is None or circuit.usable())
 
     def url(self, path_qs: str) -> URL:
         return URL(self.base + path_qs, encoded=True)

@@ -133,6 +133,15 @@ class _Snapshots:
         }
 
 
+def out_reason(backend: Backend) -> str | None:
+    """Why a backend gets no requests: its health probes, or its circuit (with when it is retried)."""
+    if not backend.up:
+        return "health probe failing"
+    if backend.circuit is not None and backend.circuit.is_open:
+        return backend.circuit.describe()
+    return None
+
+
 def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, Any]:
     """The JSON document ``/dashboard/data`` answers with."""
     snap = snapshots.get() if snapshots is not None else {}
@@ -140,13 +149,16 @@ def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, A
     backends = []
     for backend in state.backends:
         row = counted.get(backend.name, {})
+        circuit_open = backend.circuit is not None and backend.circuit.is_open
         backends.append(
             {
                 "name": backend.name,
                 "type": backend.config.type,
                 "url": _public_url(backend),
-                "up": backend.up,
+                "up": backend.up and not circuit_open,
                 "probed": backend.probed,  # False: no probe answered yet, "up" is the optimistic default
+                "out": out_reason(backend),  # why it is out of rotation, None when it is in
+                "loaded": backend.loaded.describe() if backend.loaded is not None else None,  # Ollama: in memory
                 # The metrics gauge sums every worker (--workers N); the object is this process only.
                 "in_flight": row.get("in_flight", backend.in_flight) if snap else backend.in_flight,
                 "waiting": backend.waiting,

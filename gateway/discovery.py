@@ -21,6 +21,7 @@ from typing import Any
 import aiohttp
 
 from .backends import Backend, DiscoveredModel
+from .placement import LoadedModels
 
 __all__ = ["Discovery", "fetch_json"]
 
@@ -130,13 +131,26 @@ class Discovery:
                     ok = resp.status < 400
             if ok and backend.is_ollama:  # the probe is GET /api/version: keep the answer for ours
                 backend.version = _version_of(body) or backend.version
+            if ok and backend.loaded is not None:  # which models it holds in memory (placement.py)
+                await self.sync_loaded(backend, backend.loaded)
         except (aiohttp.ClientError, TimeoutError) as exc:
             log.debug("health probe on backend %s failed: %r", backend.name, exc)
             ok = False
+        if ok and backend.circuit is not None:
+            backend.circuit.probe_ok()  # closes it once the cooldown has passed
         was_up = backend.up
         if backend.record_probe(ok) != was_up:
             log.warning("backend %s is now %s", backend.name, "up" if backend.up else "DOWN")
         self.on_health(backend)
+
+    async def sync_loaded(self, backend: Backend, loaded: LoadedModels) -> None:
+        """Refresh an Ollama backend's loaded models from its ``/api/ps`` (a failure keeps what is known)."""
+        try:
+            doc = await fetch_json(self.session, backend, "/api/ps", backend.config.health_check.timeout)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            log.debug("GET /api/ps on backend %s failed: %r", backend.name, exc)
+            return
+        loaded.sync(doc, backend.lookup_key)
 
     async def _every(self, interval: float, job: Callable[[], Any]) -> None:
         while True:

@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import mark_process_dead as _mark_process_de
 
 from .record import RequestRecord
 from .summary import summarize
-from .tally import Tally
+from .tally import COLD_LOADS_DOC, COLD_LOADS_NAME, Tally
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -136,6 +136,7 @@ class Metrics:
             "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
             ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=per_request,
         )  # fmt: skip
+        self.cold_loads = Counter(COLD_LOADS_NAME, COLD_LOADS_DOC, ("backend", "model"), registry=per_request)
         if self._tally is not None:
             self.registry.register(self._tally)
         self.in_flight = Gauge(
@@ -322,6 +323,17 @@ class Metrics:
         if child is None:
             child = self._up[name] = self.up.labels(name)
         child.set(1 if up else 0)
+
+    def cold_load(self, backend: str, model: str) -> None:
+        """A request went to an Ollama backend that did not have ``model`` loaded (placement.py)."""
+        if model not in self._models:
+            model = self._admit(model)
+        tally = self._tally
+        if tally is not None:
+            key = (backend, model)
+            tally.cold_loads[key] = tally.cold_loads.get(key, 0) + 1
+        else:
+            self.cold_loads.labels(backend, model).inc()
 
     def auth_failure(self, reason: str) -> None:
         child = self._auth.get(reason)

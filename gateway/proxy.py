@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from aiohttp import web
 from .auth import ANONYMOUS
 from .backends import Backend
 from .bridge import Translation, adapt_response, translation_for
+from .circuit import FAILURE_REASONS
 from .errors import (
     BadGateway,
     BadRequest,
@@ -36,6 +38,7 @@ from .errors import (
     dialect_for,
 )
 from .headers import upstream_headers
+from .placement import LOADING_ENDPOINTS
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 from .streaming import Transform, relay
@@ -178,6 +181,12 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         )
     candidates, model = await choose_backends(request, state, spec, requested)
     rec.model = model
+    affinity = state.affinity  # None unless routing.affinity is prefix
+    conversation = None
+    if affinity is not None and payload is not None:
+        conversation = affinity.key(model, payload)
+        if conversation is not None:
+            candidates = affinity.prefer(conversation, candidates)
 
     transform: UsageStripper | None = None
     if payload is not None:
@@ -198,6 +207,8 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     try:
         response = await forward(request, state, spec, rec, candidates, body, transform, payload)
+        if conversation is not None and affinity is not None and response.status < 500:
+            affinity.remember(conversation, rec.backend)
     finally:
         if spec.changes_models and state.discovery is not None:
             state.discovery.refresh_soon()
@@ -234,10 +245,7 @@ async def choose_backends(
         raise NotFound(f"model '{requested}' not found", param="model", code="model_not_found")
     ordered = router.order(route)
     if not ordered:
-        names = ", ".join(b.name for b in route.backends)
-        raise ServiceUnavailable(
-            f"no healthy backend for model '{requested}' (down: {names})", headers={"Retry-After": "10"}
-        )
+        raise unavailable(requested, route.backends)
     return ordered, route.model
 
 
@@ -275,7 +283,17 @@ async def forward(
         await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
         if in_flight is not None:
             in_flight.started(backend.name)
+        circuit, loaded = backend.circuit, backend.loaded
+        trial, placed = False, ""  # trial: a half-open circuit's trial awaiting its verdict
+        answered: bool | None = None  # the head's verdict: None when there was none (the client left)
         try:
+            if circuit is not None:
+                if not circuit.enter():  # opened, or its one trial taken, since routing chose it
+                    continue
+                trial = circuit.trial
+            if loaded is not None and rec.model and spec.path in LOADING_ENDPOINTS:
+                placed = backend.lookup_key(rec.model)
+                loaded.begin(placed, rec.model, payload.get("keep_alive") if payload is not None else None)
             headers = upstream_headers(
                 request.headers,
                 peer_ip=request.remote or rec.remote,
@@ -293,7 +311,10 @@ async def forward(
             except (BadGateway, GatewayTimeout) as exc:  # a 400 (unforwardable request) is the client's
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
-                error = exc
+                if circuit is not None:
+                    circuit.failed(rec.error)
+                    trial = False
+                answered, error = False, exc
                 if rec.error == "timeout":  # the first-byte budget is spent: another backend cannot meet it
                     break
                 continue
@@ -306,6 +327,13 @@ async def forward(
                     f"backend '{backend.name}' rejected the gateway's credentials (HTTP {upstream.status}); "
                     f"check backends[{backend.index}].api_key"
                 )
+            answered = upstream.status not in RETRY_STATUSES
+            if circuit is not None:  # a 502/503/504 head fails it; a good head decides a trial at once
+                if not answered:
+                    circuit.failed("status")
+                elif trial:
+                    circuit.succeeded()
+                trial = False
             if upstream.status in RETRY_STATUSES and not last_try:
                 upstream.close()
                 rec.error = "status"
@@ -337,11 +365,36 @@ async def forward(
             finally:
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
+                if circuit is not None and answered:  # the whole answer relayed, or cut by the backend
+                    if not rec.error:
+                        circuit.succeeded()
+                    elif rec.error in FAILURE_REASONS:
+                        circuit.failed(rec.error)
         finally:
+            if trial and circuit is not None:  # no verdict (the client left, an unforwardable request)
+                circuit.abandoned()
+            if placed and loaded is not None:
+                loaded.end(placed, failed=answered is False or rec.error in FAILURE_REASONS)
             backend.release()
             if in_flight is not None:
                 in_flight.finished(backend.name)
-    raise error or ServiceUnavailable("no backend available")
+    raise error or ServiceUnavailable("no backend available", headers={"Retry-After": "1"})
+
+
+def unavailable(requested: str, backends: tuple[Backend, ...]) -> ServiceUnavailable:
+    """The 503 when every backend of a model is out: why each one is, and when to retry."""
+    reasons, retry = [], 10.0
+    for b in backends:
+        circuit = b.circuit
+        if b.up and circuit is not None and circuit.is_open:
+            reasons.append(f"{b.name}: {circuit.describe()}")
+            retry = min(retry, circuit.retry_in())
+        else:
+            reasons.append(f"{b.name}: down")
+    return ServiceUnavailable(
+        f"no healthy backend for model '{requested}' ({'; '.join(reasons)})",
+        headers={"Retry-After": str(max(1, math.ceil(retry)))},
+    )
 
 
 def payload_of(body: bytes | aiohttp.StreamReader | None) -> bytes | io.BytesIO | aiohttp.StreamReader | None:

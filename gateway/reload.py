@@ -21,7 +21,8 @@ from dataclasses import dataclass, replace
 from functools import partial
 
 from .accesslog import AccessLog
-from .app import entry_settings
+from .affinity import Affinity
+from .app import entry_settings, report_up, wire_backend
 from .auth import Authenticator
 from .backends import Backend
 from .config import GatewayConfig
@@ -86,6 +87,10 @@ def carry_over(old: Backend, new: Backend) -> None:
     new._ok_streak, new._fail_streak = old._ok_streak, old._fail_streak  # noqa: SLF001 - same class family
     new.models = dict(old.models)
     new.models_version = old.models_version + 1
+    if old.loaded is not None and new.loaded is not None:  # what the box holds in memory is still true
+        new.loaded = old.loaded
+    if old.config.circuit == new.config.circuit:  # a backend that was failing is still failing
+        new.circuit = old.circuit
 
 
 def _match_backends(
@@ -130,6 +135,13 @@ async def _retire_when_idle(state: GatewayState, backend: Backend) -> None:
             metrics.forget_backend(backend.name)
 
 
+def _affinity(current: Affinity | None, config: GatewayConfig) -> Affinity | None:
+    """Keep the remembered conversations while affinity stays on (a removed backend's name is never a candidate)."""
+    if config.routing.affinity != "prefix":
+        return None
+    return current or Affinity()
+
+
 def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
     """Build the new state from ``state`` and a validated ``config``, and swap it in for new requests.
 
@@ -161,6 +173,7 @@ def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
     state.access_log = access_log
     state.entry = entry_settings(state)
     # ---- other stateful parts: one line each (limits counters, fair queues, TLS certificates)
+    state.affinity = _affinity(state.affinity, config)
 
     if old_authenticator is not None and old_authenticator is not authenticator:
         old_authenticator.close()
@@ -171,7 +184,8 @@ def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
         metrics.set_backends([b.name for b in backends])
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in backends})
         for backend in backends:
-            metrics.backend_up(backend.name, backend.up)
+            wire_backend(backend, metrics)
+            report_up(metrics, backend)
     if state.discovery is not None:
         state.discovery.follow(backends, config.routing.discovery_interval)
     if running:

@@ -20,6 +20,7 @@ from .drain import Drain
 
 if TYPE_CHECKING:
     from .accesslog import AccessLog
+    from .affinity import Affinity
     from .app import EntrySettings
     from .auth import Authenticator, Principal
     from .backends import Backend
@@ -49,6 +50,7 @@ class GatewayState:
     entry: EntrySettings | None = None  # what the entry middleware reads once per request (app.py)
     drain: Drain = field(default_factory=Drain)  # SIGTERM's graceful drain (drain.py)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)  # background jobs of reloads; cancelled at shutdown
+    affinity: Affinity | None = None  # routing.affinity: prefix (affinity.py); None costs nothing
 
 
 STATE = web.AppKey("gateway_state", GatewayState)

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Tally"]
+__all__ = ["COLD_LOADS_DOC", "COLD_LOADS_NAME", "Tally"]
 
 Key = tuple[str, ...]
 
@@ -58,12 +58,17 @@ class _Histogram:
         return family
 
 
+COLD_LOADS_NAME = "gateway_cold_loads"
+COLD_LOADS_DOC = "Requests sent to an Ollama backend that did not have the model loaded (gateway's knowledge)."
+
+
 class Tally(Collector):
     """The request, latency, token and generation-speed series of ``metrics.py``, scrape-time built."""
 
     def __init__(self, latency_bounds: Sequence[float], speed_bounds: Sequence[float]) -> None:
         self.requests: dict[Key, float] = {}
         self.tokens: dict[Key, float] = {}
+        self.cold_loads: dict[Key, float] = {}  # (backend, model)
         self.duration = _Histogram(
             "gateway_request_duration_seconds", "Time from request arrival to the last byte relayed.",
             ("backend", "model", "endpoint"), latency_bounds,
@@ -94,4 +99,8 @@ class Tally(Collector):
         for key, value in list(self.tokens.items()):
             tokens.add_metric(list(key), value)
         yield tokens
+        cold = CounterMetricFamily(COLD_LOADS_NAME, COLD_LOADS_DOC, labels=["backend", "model"])
+        for key, value in list(self.cold_loads.items()):
+            cold.add_metric(list(key), value)
+        yield cold
         yield self.speed.family()

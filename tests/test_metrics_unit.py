@@ -290,6 +290,7 @@ def _worker(path: str, up: bool, started: int) -> None:
     for _ in range(started):
         m.started("desktop")
     m.backend_up("gpu", up)
+    m.cold_load("desktop", "llama3.2:3b")
 
 
 def test_multiprocess_render_sums_workers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -322,6 +323,7 @@ def test_multiprocess_render_sums_workers(tmp_path: Path, monkeypatch: pytest.Mo
             == 120
         )
         assert sample(m, "gateway_in_flight_requests", backend="desktop") == 3
+        assert sample(m, "gateway_cold_loads_total", backend="desktop", model="llama3.2:3b") == 2
         assert sample(m, "gateway_backend_up", backend="gpu") == 1
         body, _ = m.render()
         assert (

@@ -199,8 +199,9 @@ async def test_failover_to_second_backend_when_first_is_down(
 
 
 async def test_load_is_spread_over_backends(backend_factory: BackendFactory, gateway_factory: GatewayFactory) -> None:
-    a = await backend_factory("a")
-    b = await backend_factory("b")
+    # openai-type: on Ollama backends placement keeps a model on the box that has it loaded (test_placement.py)
+    a = await backend_factory("a", kind="openai")
+    b = await backend_factory("b", kind="openai")
     gw = await gateway_factory({"backends": [backend_entry(a, models=["m"]), backend_entry(b, models=["m"])]})
     async with aiohttp.ClientSession() as http:
         for _ in range(6):
