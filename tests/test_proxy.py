@@ -205,7 +205,8 @@ async def test_load_is_spread_over_backends(backend_factory: BackendFactory, gat
     gw = await gateway_factory({"backends": [backend_entry(a, models=["m"]), backend_entry(b, models=["m"])]})
     async with aiohttp.ClientSession() as http:
         for _ in range(6):
-            async with http.post(f"{gw.url}/api/generate", json={"model": "m", "stream": False}) as resp:
+            chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(f"{gw.url}/v1/chat/completions", json=chat) as resp:
                 assert resp.status == 200
     assert len(a.requests) == 3 and len(b.requests) == 3
 
