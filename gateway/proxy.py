@@ -252,11 +252,15 @@ async def forward(
     metrics = state.metrics
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    max_queued = (principal.limits or config.limits.default).max_queued
     error: GatewayError | None = None
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
-        await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
+        await backend.acquire(
+            principal, rec.remote, max_queued, config.routing.queue_size, config.routing.queue_timeout
+        )
         if in_flight is not None:
             in_flight.started(backend.name)
         try:
