@@ -237,6 +237,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     if metrics is not None:  # in-flight gauges read the backends' own counters when scraped
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
+        if metrics is not None and backend.queue is not None:
+            backend.queue.on_wait = partial(metrics.queue_waited, backend.name)
         on_health(backend)
         if backend.config.url.scheme == "http":
             backend.pool = UpstreamPool.from_url(backend.base)

@@ -33,7 +33,7 @@ from prometheus_client.multiprocess import mark_process_dead as _mark_process_de
 
 from .record import RequestRecord
 from .summary import summarize
-from .tally import Tally
+from .tally import QUEUE_WAIT_DOC, Tally
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -135,6 +135,9 @@ class Metrics:
             "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
             ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=per_request,
         )  # fmt: skip
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds", QUEUE_WAIT_DOC, ("backend",), buckets=LATENCY_BUCKETS, registry=per_request,
+        )  # fmt: skip
         if self._tally is not None:
             self.registry.register(self._tally)
         self.in_flight = Gauge(
@@ -162,6 +165,7 @@ class Metrics:
         self._up: dict[str, Any] = {}
         self._auth: dict[str, Any] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
+        self._queue_wait: dict[str, Any] = {}
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._followed = False
 
@@ -305,6 +309,16 @@ class Metrics:
         if child is None:
             child = self._upstream[key] = self.upstream_errors.labels(backend or NO_BACKEND, reason or "unknown")
         child.inc()
+
+    def queue_waited(self, backend: str, seconds: float) -> None:
+        """A request got a slot at ``backend`` after waiting ``seconds`` (requests served at once are not observed)."""
+        if self._tally is not None:
+            self._tally.queue_wait.observe((backend,), seconds)
+            return
+        child = self._queue_wait.get(backend)
+        if child is None:
+            child = self._queue_wait[backend] = self.queue_wait.labels(backend)
+        child.observe(seconds)
 
     # ----------------------------------------------------------------------- read side
 

@@ -16,7 +16,9 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["Tally"]
+__all__ = ["QUEUE_WAIT_DOC", "Tally"]
+
+QUEUE_WAIT_DOC = "Time requests waited for a slot at a backend's max_concurrency (only requests that waited)."
 
 Key = tuple[str, ...]
 
@@ -76,6 +78,9 @@ class Tally(Collector):
             "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
             ("backend", "model"), speed_bounds,
         )  # fmt: skip
+        self.queue_wait = _Histogram(
+            "gateway_queue_wait_seconds", QUEUE_WAIT_DOC, ("backend",), latency_bounds,
+        )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -95,3 +100,4 @@ class Tally(Collector):
             tokens.add_metric(list(key), value)
         yield tokens
         yield self.speed.family()
+        yield self.queue_wait.family()
