@@ -6,7 +6,10 @@ request waits in its client's own FIFO line, and each freed slot goes to the lin
 is: start-time fair queueing with a cost of one per request, so over any busy period each client
 with waiting requests gets turns in proportion to its ``share`` (3 and 1: three turns to one),
 whatever the order the requests arrived in. A client that starts waiting joins at the current
-virtual time, so one request behind a flood of another client's is served next, not last.
+virtual time and, on a tie, before a client that just had its turn, so one request behind a flood
+of another client's is served next, not last. Virtual time advances with every turn by one over
+the sum of the waiting clients' shares (as it would under ideal sharing), so a stream of ever-new
+clients cannot starve one that keeps waiting, and a line idle past its turn can be forgotten.
 
 Only the head of each line carries a tag (one heap entry per waiting client), so a cancelled
 waiter just leaves its line; a slot handed to a waiter that is cancelled at the same moment is
@@ -93,8 +96,9 @@ class FairQueue:
         self.waiting = 0  # requests in some line (a cancelled one until it is dropped)
         self.on_wait = on_wait  # called with the seconds waited by every request that got a slot by waiting
         self._lines: dict[str, _Line] = {}
-        self._heap: list[tuple[float, int, _Line]] = []  # (virtual start of its head, tie-break, line)
-        self._vtime = 0.0  # start tag of the request served last
+        # (virtual start of its head, 0 if it just joined else 1, arrival order, line): one per line
+        self._heap: list[tuple[float, int, int, _Line]] = []
+        self._vtime = 0.0  # where a client that starts waiting joins
         self._seq = 0
 
     def try_take(self) -> bool:
@@ -133,7 +137,9 @@ class FairQueue:
         line.waiters.append(future)
         self.waiting += 1
         if not line.scheduled:
-            self._schedule(line, max(self._vtime, line.finish))
+            self._seq += 1
+            heappush(self._heap, (max(self._vtime, line.finish), 0, self._seq, line))
+            line.scheduled = True
         since = loop.time()
         try:
             async with asyncio.timeout(queue_timeout):
@@ -156,7 +162,7 @@ class FairQueue:
         """Give a slot back: to the line whose turn it is, or to the free pool when nobody waits."""
         heap = self._heap
         while heap:
-            start, _, line = heap[0]
+            start, _, _, line = heap[0]
             waiters = line.waiters
             while waiters and waiters[0].done():  # cancelled, its task has not run its cleanup yet
                 waiters.popleft()
@@ -167,11 +173,12 @@ class FairQueue:
                 continue
             future = waiters.popleft()
             self.waiting -= 1
-            self._vtime = start
+            shares = sum(entry[3].share for entry in heap)  # of the clients waiting (bounded by queue_size)
+            self._vtime = max(self._vtime, start + 1.0 / shares)
             line.finish = start + 1.0 / line.share
             if waiters:
                 self._seq += 1
-                heapreplace(heap, (line.finish, self._seq, line))
+                heapreplace(heap, (line.finish, 1, self._seq, line))
             else:
                 heappop(heap)
                 line.scheduled = False
@@ -188,11 +195,6 @@ class FairQueue:
     def queued(self) -> dict[str, int]:
         """Waiting requests per client (for the status page)."""
         return {line.client: len(line.waiters) for line in self._lines.values() if line.waiters}
-
-    def _schedule(self, line: _Line, start: float) -> None:
-        self._seq += 1
-        heappush(self._heap, (start, self._seq, line))
-        line.scheduled = True
 
     def _leave(self, line: _Line, future: asyncio.Future[None]) -> None:
         try:
