@@ -15,10 +15,9 @@ from typing import Any
 import aiohttp
 from yarl import URL
 
-from .auth import ANONYMOUS, Principal
 from .config import BackendConfig
 from .errors import ServiceUnavailable, TooManyRequests
-from .fairqueue import ClientQueueFull, FairQueue, QueueFull, QueueTimeout, anonymous_client
+from .fairqueue import ClientQueueFull, FairQueue, QueueFull, QueueTimeout
 from .names import ollama_canonical
 from .upstream import UpstreamPool
 
@@ -106,20 +105,13 @@ class Backend:
     def waiting(self) -> int:
         return self.queue.waiting if self.queue is not None else 0
 
-    async def acquire(
-        self, principal: Principal, address: str, max_queued: int, queue_size: int, queue_timeout: float
-    ) -> None:
-        """Take a concurrency slot; at max_concurrency wait in the fair queue (``fairqueue.py``).
-
-        ``principal`` and ``address`` (the client's, after trusted_proxies) say whose line the
-        request waits in: the principal's name, or the address for anonymous callers.
-        """
+    async def acquire(self, client: str, share: float, max_queued: int, queue_size: int, queue_timeout: float) -> None:
+        """Take a concurrency slot for ``client``; at max_concurrency wait in the fair queue (``fairqueue.py``)."""
         queue = self.queue
-        if queue is not None and not queue.try_take():
-            client = principal.name if principal is not ANONYMOUS else anonymous_client(address)
+        if queue is not None and not queue.try_take(client):
             try:
                 loop = asyncio.get_running_loop()
-                await queue.wait(client, principal.share, max_queued, queue_size, queue_timeout, loop)
+                await queue.wait(client, share, max_queued, queue_size, queue_timeout, loop)
             except ClientQueueFull:
                 raise TooManyRequests(
                     f"'{client}' already has {max_queued} requests waiting for backend '{self.name}' "
@@ -141,7 +133,7 @@ class Backend:
                 ) from None
         self.in_flight += 1
 
-    def release(self) -> None:
+    def release(self, client: str) -> None:
         self.in_flight -= 1
         if self.queue is not None:
-            self.queue.release()
+            self.queue.release(client)

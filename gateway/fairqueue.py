@@ -1,15 +1,15 @@
 """Weighted fair queueing of the requests waiting for a backend's concurrency slots.
 
 A backend with ``max_concurrency`` has that many slots. A request that finds one free takes it at
-once (``try_take``: two integer comparisons, nothing allocated). When every slot is busy the
-request waits in its client's own FIFO line, and each freed slot goes to the line whose turn it
-is: start-time fair queueing with a cost of one per request, so over any busy period each client
-with waiting requests gets turns in proportion to its ``share`` (3 and 1: three turns to one),
-whatever the order the requests arrived in. A client that starts waiting joins at the current
-virtual time and, on a tie, before a client that just had its turn, so one request behind a flood
-of another client's is served next, not last. Virtual time advances with every turn by one over
-the sum of the waiting clients' shares (as it would under ideal sharing), so a stream of ever-new
-clients cannot starve one that keeps waiting, and a line idle past its turn can be forgotten.
+once (``try_take``: two comparisons and a count of the client's slots, no object allocated). When
+every slot is busy the request waits in its client's own FIFO line, and each freed slot goes to the
+line whose turn it is: start-time fair queueing with a cost of one per request, so over any busy
+period each client with waiting requests gets turns in proportion to its ``share`` (3 and 1: three
+turns to one), whatever the order the requests arrived in. A client that starts waiting joins at
+the current virtual time plus one turn per slot it already holds and, on a tie, before a client
+that just had its turn: one request behind a flood of another client's is served next, not last.
+Virtual time advances with every turn by one over the sum of the waiting clients' shares (as under
+ideal sharing), so a line idle past its turn can be forgotten and memory stays bounded.
 
 Only the head of each line carries a tag (one heap entry per waiting client), so a cancelled
 waiter just leaves its line; a slot handed to a waiter that is cancelled at the same moment is
@@ -57,17 +57,18 @@ class QueueTimeout(Exception):
 def anonymous_client(address: str) -> str:
     """The queue identity of an unauthenticated caller: its address, IPv6 grouped by /64.
 
-    The ``anonymous:`` prefix cannot collide with a configured name (names have no ``:``).
+    IPv4 addresses are returned as they are (no work per request). A configured name can never be
+    mistaken for one: with auth on there are no anonymous callers, with auth off no names.
     """
+    if ":" not in address:
+        return address
     try:
-        ip = ipaddress.ip_address(address.strip("[]"))
+        ip = ipaddress.IPv6Address(address.strip("[]"))
     except ValueError:
-        return f"anonymous:{address}"
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:
-            return f"anonymous:{ip.ipv4_mapped}"
-        return f"anonymous:{ipaddress.IPv6Network((int(ip) >> 64 << 64, 64))}"
-    return f"anonymous:{ip}"
+        return address
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
 class _Line:
@@ -86,7 +87,7 @@ class _Line:
 class FairQueue:
     """``capacity`` slots; waiting requests get freed slots round-robin by client, weighted by share."""
 
-    __slots__ = ("_heap", "_lines", "_seq", "_vtime", "capacity", "in_use", "on_wait", "waiting")
+    __slots__ = ("_heap", "_held", "_lines", "_seq", "_vtime", "capacity", "in_use", "on_wait", "waiting")
 
     def __init__(self, capacity: int, on_wait: Callable[[float], None] | None = None) -> None:
         if capacity < 1:
@@ -96,15 +97,18 @@ class FairQueue:
         self.waiting = 0  # requests in some line (a cancelled one until it is dropped)
         self.on_wait = on_wait  # called with the seconds waited by every request that got a slot by waiting
         self._lines: dict[str, _Line] = {}
+        self._held: dict[str, int] = {}  # slots in use per client
         # (virtual start of its head, 0 if it just joined else 1, arrival order, line): one per line
         self._heap: list[tuple[float, int, int, _Line]] = []
         self._vtime = 0.0  # where a client that starts waiting joins
         self._seq = 0
 
-    def try_take(self) -> bool:
-        """Take a free slot if there is one and nobody is waiting for it (the fast path)."""
+    def try_take(self, client: str) -> bool:
+        """Take a free slot for ``client`` if there is one and nobody is waiting for it (the fast path)."""
         if self.in_use < self.capacity and not self.waiting:
             self.in_use += 1
+            held = self._held
+            held[client] = held.get(client, 0) + 1
             return True
         return False
 
@@ -123,7 +127,7 @@ class FairQueue:
         client's part of it (``max_queued``, 0 = no cap) is full, ``QueueTimeout`` after
         ``queue_timeout`` seconds. On success the caller holds a slot and must ``release`` it.
         """
-        if self.try_take():  # a slot came free between the caller's check and now
+        if self.try_take(client):  # a slot came free between the caller's check and now
             return
         if self.waiting >= queue_size:
             raise QueueFull(client)
@@ -136,9 +140,10 @@ class FairQueue:
         future: asyncio.Future[None] = loop.create_future()
         line.waiters.append(future)
         self.waiting += 1
-        if not line.scheduled:
+        if not line.scheduled:  # it joins now, counting the slots it holds as turns it is having
+            start = max(self._vtime + self._held.get(client, 0) / share, line.finish)
             self._seq += 1
-            heappush(self._heap, (max(self._vtime, line.finish), 0, self._seq, line))
+            heappush(self._heap, (start, 0, self._seq, line))
             line.scheduled = True
         since = loop.time()
         try:
@@ -151,15 +156,21 @@ class FairQueue:
             # The slot was handed over in the same instant the time ran out: keep it.
         except BaseException:
             if future.done() and not future.cancelled():
-                self.release()  # handed a slot just as the client went away: pass it on
+                self.release(client)  # handed a slot just as the client went away: pass it on
             else:
                 self._leave(line, future)
             raise
         if self.on_wait is not None:
             self.on_wait(loop.time() - since)
 
-    def release(self) -> None:
-        """Give a slot back: to the line whose turn it is, or to the free pool when nobody waits."""
+    def release(self, client: str) -> None:
+        """``client`` gives a slot back: to the line whose turn it is, or to the pool when nobody waits."""
+        held = self._held
+        count = held[client] - 1
+        if count:
+            held[client] = count
+        else:
+            del held[client]
         heap = self._heap
         while heap:
             start, _, _, line = heap[0]
@@ -182,6 +193,7 @@ class FairQueue:
             else:
                 heappop(heap)
                 line.scheduled = False
+            held[line.client] = held.get(line.client, 0) + 1
             future.set_result(None)  # the slot moves to this waiter: in_use is unchanged
             if not self.waiting:
                 self._forget()

@@ -34,6 +34,7 @@ from .errors import (
     ServiceUnavailable,
     dialect_for,
 )
+from .fairqueue import anonymous_client
 from .headers import upstream_headers
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
@@ -253,13 +254,14 @@ async def forward(
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
     principal = request.get(PRINCIPAL, ANONYMOUS)
+    client = principal.name if principal is not ANONYMOUS else anonymous_client(rec.remote)  # its fair-queue line
     max_queued = (principal.limits or config.limits.default).max_queued
     error: GatewayError | None = None
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
         await backend.acquire(
-            principal, rec.remote, max_queued, config.routing.queue_size, config.routing.queue_timeout
+            client, principal.share, max_queued, config.routing.queue_size, config.routing.queue_timeout
         )
         if in_flight is not None:
             in_flight.started(backend.name)
@@ -318,7 +320,7 @@ async def forward(
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
         finally:
-            backend.release()
+            backend.release(client)
             if in_flight is not None:
                 in_flight.finished(backend.name)
     raise error or ServiceUnavailable("no backend available")

@@ -9,23 +9,29 @@ import pytest
 
 from gateway.fairqueue import ClientQueueFull, FairQueue, QueueFull, QueueTimeout, anonymous_client
 
+HOLDER = "holder"  # the client holding every slot when a test starts (the tests release on everyone's behalf)
 ROOM = 1000  # a queue_size that never binds unless a test says so
 LONG = 60.0  # a queue_timeout that never fires unless a test says so
 
 
 class Clients:
-    """Waiting requests on one queue, each recording when it was served (its label, in order)."""
+    """Waiting requests on one queue, each recording when it was served (its label, in order).
 
-    def __init__(self, queue: FairQueue) -> None:
+    ``holders`` lists who holds the slots, oldest first; ``serve`` ends the oldest one's request.
+    """
+
+    def __init__(self, queue: FairQueue, holders: list[str] | None = None) -> None:
         self.queue = queue
+        self.holders = holders if holders is not None else []
         self.served: list[str] = []
         self.tasks: dict[str, asyncio.Task[None]] = {}
 
     def send(self, label: str, client: str, share: float = 1.0, max_queued: int = 0) -> asyncio.Task[None]:
         async def one() -> None:
-            if not self.queue.try_take():
+            if not self.queue.try_take(client):
                 await self.queue.wait(client, share, max_queued, ROOM, LONG, asyncio.get_running_loop())
             self.served.append(label)
+            self.holders.append(client)
 
         task = asyncio.create_task(one())
         self.tasks[label] = task
@@ -40,7 +46,7 @@ class Clients:
         """Release ``count`` slots one after another, each to whoever's turn it is; the labels served."""
         start = len(self.served)
         for _ in range(count):
-            self.queue.release()
+            self.queue.release(self.holders.pop(0))
             await self.settle()
         return self.served[start:]
 
@@ -49,23 +55,23 @@ async def saturated(capacity: int = 1) -> Clients:
     """A queue whose slots are all held (by the test), so everything sent now waits."""
     queue = FairQueue(capacity)
     for _ in range(capacity):
-        assert queue.try_take()
-    return Clients(queue)
+        assert queue.try_take(HOLDER)
+    return Clients(queue, [HOLDER] * capacity)
 
 
 async def test_a_free_slot_is_taken_at_once_and_nobody_jumps_a_line() -> None:
     queue = FairQueue(2)
-    assert queue.try_take() and queue.try_take()
-    assert not queue.try_take()
-    clients = Clients(queue)
+    assert queue.try_take(HOLDER) and queue.try_take(HOLDER)
+    assert not queue.try_take("a")
+    clients = Clients(queue, [HOLDER] * queue.in_use)
     clients.send("a1", "a")
     await clients.settle()
-    queue.release()  # goes to the waiter, not to the pool
+    queue.release(HOLDER)  # goes to the waiter, not to the pool
     await clients.settle()
     assert clients.served == ["a1"] and queue.in_use == 2 and queue.waiting == 0
-    queue.release()
-    queue.release()
-    assert queue.in_use == 0 and queue.try_take()
+    queue.release(HOLDER)
+    queue.release("a")
+    assert queue.in_use == 0 and queue.try_take("a")
 
 
 async def test_clients_take_turns_and_each_clients_own_requests_stay_in_order() -> None:
@@ -79,6 +85,20 @@ async def test_clients_take_turns_and_each_clients_own_requests_stay_in_order() 
     assert clients.queue.queued() == {"a": 5, "b": 2}
     assert await clients.serve(7) == ["a1", "b1", "a2", "b2", "a3", "a4", "a5"]
     assert clients.queue.waiting == 0 and clients.queue.in_use == 1
+
+
+async def test_a_client_holding_a_slot_already_waits_behind_one_holding_none() -> None:
+    clients = await saturated(2)
+    clients.send("a1", "a")
+    clients.send("b1", "b")
+    await clients.settle()
+    assert await clients.serve(2) == ["a1", "b1"]  # each now holds one of the two slots
+    clients.send("a2", "a")
+    clients.send("a3", "a")
+    await clients.settle()
+    clients.send("c1", "c")  # holds none: goes first although it came last
+    await clients.settle()
+    assert await clients.serve(3) == ["c1", "a2", "a3"]
 
 
 async def test_a_client_arriving_behind_a_flood_is_served_next() -> None:
@@ -135,7 +155,7 @@ async def test_max_queued_caps_one_client_not_the_others() -> None:
 
 async def test_queue_size_bounds_the_whole_room() -> None:
     queue = FairQueue(1)
-    assert queue.try_take()
+    assert queue.try_take(HOLDER)
     loop = asyncio.get_running_loop()
     waiter = asyncio.create_task(queue.wait("a", 1.0, 0, 1, LONG, loop))
     await asyncio.sleep(0)
@@ -143,28 +163,28 @@ async def test_queue_size_bounds_the_whole_room() -> None:
         await queue.wait("b", 1.0, 0, 1, LONG, loop)
     with pytest.raises(QueueFull):  # queue_size 0: nobody may wait at all
         await _full_room_of_zero(loop)
-    queue.release()
+    queue.release(HOLDER)
     await waiter
     assert queue.in_use == 1 and queue.waiting == 0
 
 
 async def _full_room_of_zero(loop: asyncio.AbstractEventLoop) -> None:
     queue = FairQueue(1)
-    assert queue.try_take()
+    assert queue.try_take(HOLDER)
     await queue.wait("b", 1.0, 0, 0, LONG, loop)
 
 
 async def test_a_timed_out_waiter_leaves_and_the_queue_keeps_working() -> None:
     queue = FairQueue(1)
-    assert queue.try_take()
+    assert queue.try_take(HOLDER)
     loop = asyncio.get_running_loop()
-    clients = Clients(queue)
+    clients = Clients(queue, [HOLDER] * queue.in_use)
     clients.send("a1", "a")
     with pytest.raises(QueueTimeout):
         await queue.wait("b", 1.0, 0, ROOM, 0.05, loop)
     assert queue.waiting == 1 and queue.queued() == {"a": 1}
     assert await clients.serve(1) == ["a1"]
-    queue.release()
+    assert await clients.serve(1) == []
     assert queue.in_use == 0 and queue.waiting == 0
 
 
@@ -187,7 +207,7 @@ async def test_a_waiter_cancelled_before_its_cleanup_ran_is_skipped() -> None:
     clients.send("b1", "b")
     await clients.settle()
     clients.tasks["a1"].cancel()  # its future is cancelled now; its task has not run yet
-    clients.queue.release()  # must skip a1 and hand the slot to b1
+    clients.queue.release(HOLDER)  # must skip a1 and hand the slot to b1
     await clients.settle()
     assert clients.served == ["b1"] and clients.queue.waiting == 0 and clients.queue.in_use == 1
 
@@ -197,23 +217,23 @@ async def test_a_slot_handed_to_a_waiter_cancelled_at_the_same_moment_passes_on(
     clients.send("a1", "a")
     clients.send("b1", "b")
     await clients.settle()
-    clients.queue.release()  # a1's future gets the slot ...
+    clients.queue.release(HOLDER)  # a1's future gets the slot ...
     clients.tasks["a1"].cancel()  # ... and the client goes away before a1 runs
     await clients.settle()
     assert clients.tasks["a1"].cancelled()
     assert clients.served == ["b1"]  # no lost slot: b1 has it
     assert clients.queue.in_use == 1 and clients.queue.waiting == 0
-    clients.queue.release()
-    assert clients.queue.in_use == 0 and clients.queue.try_take()
+    clients.queue.release("b")
+    assert clients.queue.in_use == 0 and clients.queue.try_take(HOLDER)
 
 
 async def test_a_slot_handed_over_as_the_timeout_fires_is_kept() -> None:
     queue = FairQueue(1)
-    assert queue.try_take()
+    assert queue.try_take(HOLDER)
     loop = asyncio.get_running_loop()
     waiter = asyncio.create_task(queue.wait("a", 1.0, 0, ROOM, 0.05, loop))
     await asyncio.sleep(0)
-    handle = loop.call_later(0.05, queue.release)  # the same instant, near enough; either way no slot is lost
+    handle = loop.call_later(0.05, queue.release, HOLDER)  # the same instant, near enough; either way no slot is lost
     try:
         await waiter
     except QueueTimeout:
@@ -221,45 +241,40 @@ async def test_a_slot_handed_over_as_the_timeout_fires_is_kept() -> None:
         assert queue.in_use == 0  # timed out first: the later release freed the slot
     else:
         assert queue.in_use == 1  # got it: it holds the slot
-        queue.release()
+        queue.release("a")
     handle.cancel()
     assert queue.waiting == 0 and queue.in_use == 0
 
 
 async def test_many_cancellations_and_releases_lose_no_slot() -> None:
-    queue = FairQueue(3)
-    clients = Clients(queue)
-    for _ in range(3):
-        assert queue.try_take()
+    clients = await saturated(3)
+    queue = clients.queue
     for i in range(60):
         clients.send(f"r{i}", f"c{i % 7}", share=1 + i % 3)
     await clients.settle()
     for i in range(0, 60, 3):
         clients.tasks[f"r{i}"].cancel()
-        queue.release()  # interleaved: some releases meet a just-cancelled head
-    await clients.settle()
-    while queue.waiting:
-        queue.release()
+        queue.release(clients.holders.pop(0))  # in the same instant: some releases meet a just-cancelled head
         await clients.settle()
+    while queue.waiting:
+        await clients.serve(1)
     served = len(clients.served)
     assert served == 40  # every request not cancelled got a slot
     assert queue.in_use == 3  # every release was handed over: the slots are with the last three served
-    for _ in range(3):
-        queue.release()
-    assert queue.in_use == 0 and queue.waiting == 0 and queue.queued() == {}
+    await clients.serve(3)
+    assert queue.in_use == 0 and queue.waiting == 0 and queue.queued() == {} and queue._held == {}
 
 
 async def test_the_wait_is_reported_only_for_requests_that_waited() -> None:
     waits: list[float] = []
     queue = FairQueue(1, on_wait=waits.append)
-    assert queue.try_take()
-    clients = Clients(queue)
+    assert queue.try_take(HOLDER)
+    clients = Clients(queue, [HOLDER] * queue.in_use)
     clients.send("a1", "a")
     await clients.settle()
     await asyncio.sleep(0.02)
-    await clients.serve(1)
-    queue.release()
-    assert queue.try_take()  # taken at once: not reported
+    await clients.serve(2)
+    assert queue.try_take(HOLDER)  # taken at once: not reported
     assert len(waits) == 1 and waits[0] >= 0.015
 
 
@@ -286,25 +301,25 @@ async def test_ever_new_clients_neither_starve_a_waiting_one_nor_grow_memory() -
 def test_taking_a_free_slot_allocates_nothing() -> None:
     queue = FairQueue(4)
     for _ in range(10):  # warm up
-        queue.try_take()
-        queue.release()
+        queue.try_take(HOLDER)
+        queue.release(HOLDER)
     before = sys.getallocatedblocks()
     for _ in range(10_000):
-        queue.try_take()
-        queue.release()
+        queue.try_take(HOLDER)
+        queue.release(HOLDER)
     assert sys.getallocatedblocks() - before < 10
 
 
 @pytest.mark.parametrize(
     ("address", "key"),
     [
-        ("127.0.0.1", "anonymous:127.0.0.1"),
-        ("2001:db8:1:2:aaaa::1", "anonymous:2001:db8:1:2::/64"),
-        ("2001:db8:1:2:bbbb::9", "anonymous:2001:db8:1:2::/64"),
-        ("2001:db8:1:3::1", "anonymous:2001:db8:1:3::/64"),
-        ("::ffff:10.0.0.7", "anonymous:10.0.0.7"),
-        ("[::1]", "anonymous:::/64"),
-        ("unknown", "anonymous:unknown"),
+        ("127.0.0.1", "127.0.0.1"),
+        ("2001:db8:1:2:aaaa::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2:bbbb::9", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("::ffff:10.0.0.7", "10.0.0.7"),
+        ("[::1]", "::/64"),
+        ("unknown", "unknown"),
     ],
 )
 def test_anonymous_callers_are_told_apart_by_address_and_ipv6_by_64(address: str, key: str) -> None:
