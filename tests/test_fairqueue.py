@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.fairqueue import ClientQueueFull, FairQueue, QueueFull, QueueTimeout, anonymous_client
 
@@ -329,3 +332,59 @@ def test_anonymous_callers_are_told_apart_by_address_and_ipv6_by_64(address: str
 def test_a_queue_needs_a_slot() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         FairQueue(0)
+
+
+# Any interleaving of arrivals, cancellations and releases: no slot is lost or doubled, no slot idles
+# while someone waits, and every client's requests are served in the order it sent them.
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("send"), st.sampled_from("abc"), st.sampled_from([0.5, 1.0, 3.0])),
+        st.tuples(st.just("cancel"), st.integers(0, 50), st.just(0.0)),
+        st.tuples(st.just("release"), st.integers(0, 50), st.just(0.0)),
+        st.tuples(st.just("release-now"), st.integers(0, 50), st.just(0.0)),  # no settling before the next op
+        st.tuples(st.just("release-cancel"), st.integers(0, 50), st.just(0.0)),  # the client leaves as it is served
+    ),
+    max_size=60,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(capacity=st.integers(1, 3), ops=OPS)
+def test_no_interleaving_loses_a_slot_or_breaks_a_clients_order(
+    capacity: int, ops: list[tuple[str, Any, float]]
+) -> None:
+    async def run() -> None:
+        queue = FairQueue(capacity)
+        clients = Clients(queue)
+        sent: dict[str, list[str]] = {}
+        for n, (op, arg, share) in enumerate(ops):
+            if op == "send":
+                label = f"{arg}{n}"
+                sent.setdefault(arg, []).append(label)
+                clients.send(label, arg, share=share)
+            elif op == "cancel":
+                pending = [t for t in clients.tasks.values() if not t.done()]
+                if pending:
+                    pending[arg % len(pending)].cancel()
+            elif clients.holders:
+                queue.release(clients.holders.pop(arg % len(clients.holders)))
+                if op == "release-cancel":  # every waiter goes away in the same instant, the one served too
+                    for task in clients.tasks.values():
+                        task.cancel()
+            if op != "release-now":
+                await clients.settle()
+                pending = sum(1 for t in clients.tasks.values() if not t.done())
+                assert queue.in_use == len(clients.holders) <= capacity
+                assert queue.waiting == pending
+                assert not pending or queue.in_use == capacity  # no idle slot while someone waits
+        await clients.settle()
+        while clients.holders:
+            queue.release(clients.holders.pop(0))
+            await clients.settle()
+        assert queue.in_use == 0 and queue.waiting == 0 and queue._held == {} and queue._lines == {}
+        assert all(t.done() for t in clients.tasks.values())
+        for client, labels in sent.items():
+            served = [label for label in clients.served if label[0] == client]
+            assert served == [label for label in labels if not clients.tasks[label].cancelled()]
+
+    asyncio.run(run())
