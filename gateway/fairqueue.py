@@ -171,6 +171,22 @@ class FairQueue:
             held[client] = count
         else:
             del held[client]
+        if self.in_use > self.capacity or not self._hand_over():  # over capacity after a resize: retire it
+            self.in_use -= 1
+            if not self.waiting and self._lines:
+                self._forget()
+
+    def resize(self, capacity: int) -> None:
+        """Change the number of slots (a config reload): added slots go to waiters at once, removed
+        ones disappear as their holders release them."""
+        if capacity < 1:
+            raise ValueError("FairQueue capacity must be at least 1")
+        self.capacity = capacity
+        while self.in_use < capacity and self._hand_over():
+            self.in_use += 1
+
+    def _hand_over(self) -> bool:
+        """Give a slot to the line whose turn it is; False when nobody waits (the caller keeps the slot)."""
         heap = self._heap
         while heap:
             start, _, _, line = heap[0]
@@ -193,16 +209,15 @@ class FairQueue:
             else:
                 heappop(heap)
                 line.scheduled = False
+            held = self._held
             held[line.client] = held.get(line.client, 0) + 1
-            future.set_result(None)  # the slot moves to this waiter: in_use is unchanged
+            future.set_result(None)  # the slot moves to this waiter
             if not self.waiting:
                 self._forget()
             elif len(self._lines) > 2 * (len(heap) + SWEEP_SLACK):
                 self._sweep()
-            return
-        self.in_use -= 1
-        if not self.waiting and self._lines:
-            self._forget()
+            return True
+        return False
 
     def queued(self) -> dict[str, int]:
         """Waiting requests per client (for the status page)."""

@@ -343,6 +343,7 @@ OPS = st.lists(
         st.tuples(st.just("release"), st.integers(0, 50), st.just(0.0)),
         st.tuples(st.just("release-now"), st.integers(0, 50), st.just(0.0)),  # no settling before the next op
         st.tuples(st.just("release-cancel"), st.integers(0, 50), st.just(0.0)),  # the client leaves as it is served
+        st.tuples(st.just("resize"), st.integers(1, 3), st.just(0.0)),  # a config reload
     ),
     max_size=60,
 )
@@ -366,6 +367,8 @@ def test_no_interleaving_loses_a_slot_or_breaks_a_clients_order(
                 pending = [t for t in clients.tasks.values() if not t.done()]
                 if pending:
                     pending[arg % len(pending)].cancel()
+            elif op == "resize":
+                queue.resize(arg)
             elif clients.holders:
                 queue.release(clients.holders.pop(arg % len(clients.holders)))
                 if op == "release-cancel":  # every waiter goes away in the same instant, the one served too
@@ -374,9 +377,9 @@ def test_no_interleaving_loses_a_slot_or_breaks_a_clients_order(
             if op != "release-now":
                 await clients.settle()
                 pending = sum(1 for t in clients.tasks.values() if not t.done())
-                assert queue.in_use == len(clients.holders) <= capacity
+                assert queue.in_use == len(clients.holders) <= 3  # more than capacity only just after a shrink
                 assert queue.waiting == pending
-                assert not pending or queue.in_use == capacity  # no idle slot while someone waits
+                assert not pending or queue.in_use >= queue.capacity  # no idle slot while someone waits
         await clients.settle()
         while clients.holders:
             queue.release(clients.holders.pop(0))
@@ -388,3 +391,22 @@ def test_no_interleaving_loses_a_slot_or_breaks_a_clients_order(
             assert served == [label for label in labels if not clients.tasks[label].cancelled()]
 
     asyncio.run(run())
+
+
+async def test_resizing_hands_new_slots_to_waiters_and_retires_removed_ones_as_they_free() -> None:
+    clients = await saturated(1)
+    for i in range(4):
+        clients.send(f"a{i}", "a")
+    await clients.settle()
+    clients.queue.resize(3)  # two more slots: two waiters get them now
+    await clients.settle()
+    assert clients.served == ["a0", "a1"] and clients.queue.in_use == 3 and clients.queue.waiting == 2
+    clients.queue.resize(1)  # fewer: the three holders keep theirs until they release
+    assert await clients.serve(2) == []  # two releases retire two slots, nobody new is served
+    assert clients.queue.in_use == 1 and clients.queue.waiting == 2
+    assert await clients.serve(1) == ["a2"]
+    assert await clients.serve(1) == ["a3"]
+    await clients.serve(1)
+    assert clients.queue.in_use == 0 and clients.queue.try_take("b")
+    with pytest.raises(ValueError, match="at least 1"):
+        clients.queue.resize(0)
