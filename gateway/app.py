@@ -289,6 +289,8 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
         metrics.follow_in_flight({b.name: partial(getattr, b, "in_flight") for b in state.backends})
     for backend in state.backends:
         wire_backend(backend, metrics)
+        if metrics is not None and backend.queue is not None:
+            backend.queue.on_wait = partial(metrics.queue_waited, backend.name)
         on_health(backend)
         if backend.config.url.scheme == "http":
             backend.pool = UpstreamPool.from_url(backend.base)

@@ -18,6 +18,7 @@ from yarl import URL
 from .circuit import Circuit
 from .config import BackendConfig
 from .errors import ServiceUnavailable, TooManyRequests
+from .fairqueue import ClientQueueFull, FairQueue, QueueFull, QueueTimeout
 from .names import ollama_canonical
 from .placement import LoadedModels
 from .upstream import UpstreamPool
@@ -42,13 +43,12 @@ class Backend:
     up: bool = True  # optimistic until probes say otherwise
     probed: bool = False
     in_flight: int = 0
-    waiting: int = 0
     models: dict[str, DiscoveredModel] = field(default_factory=dict)  # lookup key -> model
     models_version: int = 0
     version: str | None = None  # an Ollama backend's version, from its health probe (GET /api/version)
     _ok_streak: int = 0
     _fail_streak: int = 0
-    _slots: asyncio.Semaphore | None = None
+    queue: FairQueue | None = None  # the concurrency slots and their waiting room (max_concurrency > 0)
     base: str = ""
     prefix: str = ""
     client_timeout: aiohttp.ClientTimeout = field(default_factory=aiohttp.ClientTimeout)
@@ -63,7 +63,7 @@ class Backend:
         # first byte and idle gaps are enforced by the proxy's watchdog.
         self.client_timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.config.timeouts.connect)
         if self.config.max_concurrency:
-            self._slots = asyncio.Semaphore(self.config.max_concurrency)
+            self.queue = FairQueue(self.config.max_concurrency)
         if self.config.circuit.failures:
             self.circuit = Circuit(self.config.circuit)
         if self.is_ollama:
@@ -115,33 +115,39 @@ class Backend:
     def load(self) -> float:
         return (self.in_flight + self.waiting) / self.config.weight
 
-    async def acquire(self, queue_size: int, queue_timeout: float) -> None:
-        """Take a concurrency slot, waiting in a bounded queue when the backend is at max_concurrency."""
-        slots = self._slots
-        if slots is not None and slots.locked():
-            if self.waiting >= queue_size:
+    @property
+    def waiting(self) -> int:
+        return self.queue.waiting if self.queue is not None else 0
+
+    async def acquire(self, client: str, share: float, max_queued: int, queue_size: int, queue_timeout: float) -> None:
+        """Take a concurrency slot for ``client``; at max_concurrency wait in the fair queue (``fairqueue.py``)."""
+        queue = self.queue
+        if queue is not None and not queue.try_take(client):
+            try:
+                loop = asyncio.get_running_loop()
+                await queue.wait(client, share, max_queued, queue_size, queue_timeout, loop)
+            except ClientQueueFull:
+                raise TooManyRequests(
+                    f"'{client}' already has {max_queued} requests waiting for backend '{self.name}' "
+                    "(limit max_queued)",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": "1"},
+                ) from None
+            except QueueFull:
                 raise TooManyRequests(
                     f"backend '{self.name}' is at its concurrency limit and its queue is full",
                     code="rate_limit_exceeded",
                     headers={"Retry-After": "1"},
-                )
-            self.waiting += 1
-            try:
-                async with asyncio.timeout(queue_timeout):
-                    await slots.acquire()
-            except TimeoutError:
+                ) from None
+            except QueueTimeout:
                 raise ServiceUnavailable(
                     f"backend '{self.name}' stayed busy for {queue_timeout:g}s",
                     code="backend_busy",
                     headers={"Retry-After": "5"},
                 ) from None
-            finally:
-                self.waiting -= 1
-        elif slots is not None:
-            await slots.acquire()
         self.in_flight += 1
 
-    def release(self) -> None:
+    def release(self, client: str) -> None:
         self.in_flight -= 1
-        if self._slots is not None:
-            self._slots.release()
+        if self.queue is not None:
+            self.queue.release(client)

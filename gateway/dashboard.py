@@ -142,6 +142,14 @@ def out_reason(backend: Backend) -> str | None:
     return None
 
 
+def _queued(backend: Backend) -> list[dict[str, Any]]:
+    """Who is waiting for the backend's slots (this process): client and count, most first."""
+    if backend.queue is None:
+        return []
+    waiting = sorted(backend.queue.queued().items(), key=lambda item: (-item[1], item[0]))
+    return [{"client": client, "count": count} for client, count in waiting]
+
+
 def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, Any]:
     """The JSON document ``/dashboard/data`` answers with."""
     snap = snapshots.get() if snapshots is not None else {}
@@ -162,6 +170,7 @@ def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, A
                 # The metrics gauge sums every worker (--workers N); the object is this process only.
                 "in_flight": row.get("in_flight", backend.in_flight) if snap else backend.in_flight,
                 "waiting": backend.waiting,
+                "queued": _queued(backend),
                 "max_concurrency": backend.config.max_concurrency,
                 "weight": backend.config.weight,
                 "patterns": list(backend.config.models) if backend.config.models is not None else None,

@@ -34,7 +34,7 @@ from prometheus_client.multiprocess import mark_process_dead as _mark_process_de
 
 from .record import RequestRecord
 from .summary import summarize
-from .tally import COLD_LOADS_DOC, COLD_LOADS_NAME, Tally
+from .tally import COLD_LOADS_DOC, COLD_LOADS_NAME, QUEUE_WAIT_DOC, Tally
 
 __all__ = [
     "LATENCY_BUCKETS",
@@ -137,6 +137,9 @@ class Metrics:
             ("backend", "model"), buckets=TOKENS_PER_SECOND_BUCKETS, registry=per_request,
         )  # fmt: skip
         self.cold_loads = Counter(COLD_LOADS_NAME, COLD_LOADS_DOC, ("backend", "model"), registry=per_request)
+        self.queue_wait = Histogram(
+            "gateway_queue_wait_seconds", QUEUE_WAIT_DOC, ("backend",), buckets=LATENCY_BUCKETS, registry=per_request,
+        )  # fmt: skip
         if self._tally is not None:
             self.registry.register(self._tally)
         self.in_flight = Gauge(
@@ -164,6 +167,7 @@ class Metrics:
         self._up: dict[str, Any] = {}
         self._auth: dict[str, Any] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
+        self._queue_wait: dict[str, Any] = {}
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._followed = False
 
@@ -347,6 +351,16 @@ class Metrics:
         if child is None:
             child = self._upstream[key] = self.upstream_errors.labels(backend or NO_BACKEND, reason or "unknown")
         child.inc()
+
+    def queue_waited(self, backend: str, seconds: float) -> None:
+        """A request got a slot at ``backend`` after waiting ``seconds`` (requests served at once are not observed)."""
+        if self._tally is not None:
+            self._tally.queue_wait.observe((backend,), seconds)
+            return
+        child = self._queue_wait.get(backend)
+        if child is None:
+            child = self._queue_wait[backend] = self.queue_wait.labels(backend)
+        child.observe(seconds)
 
     # ----------------------------------------------------------------------- read side
 

@@ -37,6 +37,7 @@ from .errors import (
     ServiceUnavailable,
     dialect_for,
 )
+from .fairqueue import anonymous_client
 from .headers import upstream_headers
 from .placement import LOADING_ENDPOINTS
 from .record import RequestRecord
@@ -264,6 +265,9 @@ async def forward(
     metrics = state.metrics
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
+    principal = request.get(PRINCIPAL, ANONYMOUS)
+    client = principal.name if principal is not ANONYMOUS else anonymous_client(rec.remote)  # its fair-queue line
+    max_queued = (principal.limits or config.limits.default).max_queued
     error: GatewayError | None = None
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
@@ -280,7 +284,9 @@ async def forward(
                     return web.Response(body=local, content_type="application/json")
                 sent = json.dumps(translation.request(payload), ensure_ascii=False, separators=(",", ":")).encode()
                 path_qs = translation.upstream_path
-        await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
+        await backend.acquire(
+            client, principal.share, max_queued, config.routing.queue_size, config.routing.queue_timeout
+        )
         if in_flight is not None:
             in_flight.started(backend.name)
         circuit, loaded = backend.circuit, backend.loaded
@@ -375,7 +381,7 @@ async def forward(
                 circuit.abandoned()
             if placed and loaded is not None:
                 loaded.end(placed, failed=answered is False or rec.error in FAILURE_REASONS)
-            backend.release()
+            backend.release(client)
             if in_flight is not None:
                 in_flight.finished(backend.name)
     raise error or ServiceUnavailable("no backend available", headers={"Retry-After": "1"})

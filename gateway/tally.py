@@ -16,7 +16,9 @@ from collections.abc import Iterator, Sequence
 from prometheus_client.metrics_core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-__all__ = ["COLD_LOADS_DOC", "COLD_LOADS_NAME", "Tally"]
+__all__ = ["COLD_LOADS_DOC", "COLD_LOADS_NAME", "QUEUE_WAIT_DOC", "Tally"]
+
+QUEUE_WAIT_DOC = "Time requests waited for a slot at a backend's max_concurrency (only requests that waited)."
 
 Key = tuple[str, ...]
 
@@ -81,6 +83,9 @@ class Tally(Collector):
             "gateway_generation_tokens_per_second", "Generation speed reported by Ollama (eval_count/eval_duration).",
             ("backend", "model"), speed_bounds,
         )  # fmt: skip
+        self.queue_wait = _Histogram(
+            "gateway_queue_wait_seconds", QUEUE_WAIT_DOC, ("backend",), latency_bounds,
+        )  # fmt: skip
 
     def collect(self) -> Iterator[Metric]:
         requests = CounterMetricFamily(
@@ -104,3 +109,4 @@ class Tally(Collector):
             cold.add_metric(list(key), value)
         yield cold
         yield self.speed.family()
+        yield self.queue_wait.family()
