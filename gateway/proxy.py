@@ -34,6 +34,7 @@ from .errors import (
     ServiceUnavailable,
     dialect_for,
 )
+from .frontdoor import check_content_encoding
 from .headers import upstream_headers
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
@@ -51,6 +52,7 @@ __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 LARGE_BODY = 1 << 20
+MAX_MODEL_NAME = 256
 Upstream = aiohttp.ClientResponse | UpstreamResponse
 BACKEND_HEADER = "X-Gateway-Backend"  # admin endpoints only: which Ollama receives a pull/create/blob
 
@@ -115,6 +117,8 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except ValueError as exc:  # UnicodeDecodeError included
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: refuse, never a 500
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(payload).__name__}")
     return payload
@@ -127,6 +131,8 @@ def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] 
         if value is not None:
             if not isinstance(value, str) or not value.strip():
                 raise BadRequest(f"'{key}' must be a non-empty string", param=key)
+            if len(value) > MAX_MODEL_NAME:  # it reaches logs, metrics and error messages
+                raise BadRequest(f"'{key}' is too long ({len(value)} characters, at most {MAX_MODEL_NAME})", param=key)
             return key, value
     return None
 
@@ -152,6 +158,7 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
     principal = request.get(PRINCIPAL, ANONYMOUS)
     if spec.admin and not principal.admin:
         raise Forbidden(f"{spec.path} is an admin endpoint; the credentials used ('{principal.name}') are not admin")
+    check_content_encoding(request)
     body: bytes | aiohttp.StreamReader | None = None
     payload: dict[str, Any] | None = None
     model_key, requested = "model", ""

@@ -13,7 +13,6 @@ import ipaddress
 import logging
 import os
 import signal
-import ssl
 import sys
 import tempfile
 from contextlib import suppress
@@ -24,7 +23,10 @@ from aiohttp import web
 from .app import create_app, reload_credentials
 from .config import ConfigError, GatewayConfig
 from .configfile import load_config
+from .frontdoor import guarded_runner
 from .metrics import mark_process_dead, prepare_multiprocess_dir
+from .state import STATE
+from .tls import attach_tls, reload_tls
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
@@ -33,7 +35,10 @@ GC_THRESHOLD = 20_000  # generation-0 allocations between collections (CPython's
 
 
 def make_runner(app: web.Application) -> web.AppRunner:
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    state = app[STATE]  # the front door (frontdoor.py): connection caps, slow-client deadlines, head limits
+    return guarded_runner(
+        app, state.config.server, state.metrics, handler_cancellation=True, access_log=None, shutdown_timeout=5.0
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -55,15 +60,6 @@ def unsafe_listen_reason(config: GatewayConfig, host: str) -> str | None:
     return None
 
 
-def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    tls = config.server.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
-
-
 def _reload(app: web.Application, path: Path | None) -> None:
     """SIGHUP: re-read the config file and swap credentials; a bad file keeps the old ones."""
     try:
@@ -76,6 +72,7 @@ def _reload(app: web.Application, path: Path | None) -> None:
     except ValueError as exc:
         log.error("reload failed, keeping the previous credentials: %s", exc)
         return
+    reload_tls(app, config)  # renewed certificate files, for new connections
     auth = config.auth
     log.info(
         "reloaded credentials from %s: %d api key(s), %d basic user(s)",
@@ -90,7 +87,7 @@ async def serve(
     app = create_app(config)
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context(config), reuse_port=reuse_port, backlog=4096)
+    site = web.TCPSite(runner, host, port, ssl_context=attach_tls(app, config), reuse_port=reuse_port, backlog=4096)
     await site.start()
     # Everything built so far lives for the whole run: move it out of the collector's sight, and
     # collect young objects less often (a request allocates a few hundred short-lived objects).

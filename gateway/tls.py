@@ -1,0 +1,63 @@
+"""HTTPS for the listener: one server ``SSLContext`` whose certificate can be re-read while running.
+
+The listening socket keeps the context it was started with, so a renewed certificate (certbot,
+cert-manager) is loaded into that same context: new connections get the new certificate, open
+ones keep theirs, nothing restarts. The files are first loaded into a scratch context, so a
+broken or mismatched pair is reported and the running certificate stays. TLS 1.2 is the minimum.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+
+from aiohttp import web
+
+from .config import GatewayConfig, TlsConfig
+
+__all__ = ["TLS_CONTEXT", "attach_tls", "reload_tls", "server_context"]
+
+log = logging.getLogger("gateway")
+TLS_CONTEXT = web.AppKey("tls_context", ssl.SSLContext)
+
+
+def _new_context(tls: TlsConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(tls.cert, tls.key)
+    return context
+
+
+def server_context(tls: TlsConfig | None) -> ssl.SSLContext | None:
+    """The listener's context for ``server.tls``, or None for plain HTTP."""
+    return None if tls is None else _new_context(tls)
+
+
+def attach_tls(app: web.Application, config: GatewayConfig) -> ssl.SSLContext | None:
+    """Build the listener's context and keep it on ``app`` for ``reload_tls`` (call before the app starts)."""
+    context = server_context(config.server.tls)
+    if context is not None:
+        app[TLS_CONTEXT] = context
+    return context
+
+
+def reload_tls(app: web.Application, config: GatewayConfig) -> bool:
+    """Re-read the certificate and key named by ``config`` into the running context (SIGHUP).
+
+    Returns whether a new certificate is in use. Turning TLS on or off needs a restart (the
+    listening socket is plain or not), which is logged.
+    """
+    context = app.get(TLS_CONTEXT)
+    tls = config.server.tls
+    if context is None or tls is None:
+        if (context is None) != (tls is None):
+            log.warning("server.tls was added or removed: that takes effect only after a restart")
+        return False
+    try:
+        _new_context(tls)  # validate the pair first: a failed load must not half-replace the live one
+        context.load_cert_chain(tls.cert, tls.key)
+    except (OSError, ssl.SSLError) as exc:
+        log.error("TLS reload failed, keeping the previous certificate: %s", exc)
+        return False
+    log.info("TLS certificate reloaded from %s", tls.cert)
+    return True
