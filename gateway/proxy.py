@@ -108,6 +108,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body exceeds the limit (server.max_body_size) of {limit} bytes") from None
+    except web.RequestPayloadError as exc:  # bad chunked framing or Content-Encoding data
+        cause = exc.__cause__ or exc
+        raise BadRequest(f"request body could not be read: {type(cause).__name__}") from None
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
