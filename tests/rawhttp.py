@@ -39,7 +39,7 @@ def parse_answer(data: bytes) -> RawAnswer:
     return RawAnswer(int(head.split(b" ", 2)[1]), head, body)
 
 
-async def read_answer(reader: asyncio.StreamReader, timeout: float = 10.0) -> RawAnswer:
+async def read_answer(reader: asyncio.StreamReader, timeout: float = 10.0, head_only: bool = False) -> RawAnswer:
     """One response: the head, then Content-Length bytes (or everything until the connection closes)."""
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
@@ -47,9 +47,13 @@ async def read_answer(reader: asyncio.StreamReader, timeout: float = 10.0) -> Ra
         partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
         return parse_answer(partial)
     answer = parse_answer(head)
+    if head_only or answer.status is None or answer.status in (204, 304) or answer.status < 200:
+        return answer  # no body
     length = answer.header("Content-Length")
     try:
-        if length is not None:
+        if answer.header("Transfer-Encoding") == "chunked":
+            answer.body = await asyncio.wait_for(reader.readuntil(b"\r\n0\r\n\r\n"), timeout)
+        elif length is not None:
             answer.body = await asyncio.wait_for(reader.readexactly(int(length)), timeout)
         else:
             answer.body = await asyncio.wait_for(reader.read(), timeout)
@@ -67,7 +71,7 @@ async def exchange(url: str, data: bytes, timeout: float = 10.0, **connect: Any)
             await writer.drain()
         except ConnectionError:
             pass
-        return await read_answer(reader, timeout)
+        return await read_answer(reader, timeout, head_only=data.startswith(b"HEAD "))
     finally:
         writer.close()
 
