@@ -122,7 +122,7 @@ async def good_client(url: str, stop_at: float, conc: int = 4) -> dict[str, Any]
                             latencies.append(time.monotonic() - start)
                             continue
                         reason = str(r.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     reason = type(exc).__name__
                 failures[reason] = failures.get(reason, 0) + 1
                 await asyncio.sleep(0.05)
@@ -159,7 +159,7 @@ async def slowloris(host: str, port: int, n: int, hold: float) -> dict[str, Any]
             while time.monotonic() - start < hold:
                 try:
                     data = await asyncio.wait_for(reader.read(256), 1.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     writer.write(b"X-Slow-%d: x\r\n" % random.randrange(10**6))
                     continue
                 cut += 1
@@ -204,7 +204,7 @@ async def garbage(host: str, port: int, n: int, conc: int) -> dict[str, Any]:
                 writer.write(payload)
                 data = await asyncio.wait_for(reader.read(64), 15)
                 key = data[9:12].decode("latin-1") if data.startswith(b"HTTP/") else "closed"
-            except (OSError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, OSError) as exc:
                 key = "reset" if isinstance(exc, OSError) else "timeout"
             finally:
                 writer.close()
@@ -232,7 +232,7 @@ async def conn_flood(host: str, port: int, n: int, hold: float) -> dict[str, Any
             data = await asyncio.wait_for(reader.read(64), max(0.1, deadline - time.monotonic()))
             if data.startswith((b"HTTP/1.1 429", b"HTTP/1.1 503")):
                 refused += 1
-        except (OSError, asyncio.TimeoutError):
+        except (TimeoutError, OSError):
             pass
 
     tasks = []
@@ -260,7 +260,7 @@ async def wrong_keys(url: str, n: int, conc: int) -> dict[str, Any]:
                                          headers={"Authorization": f"Bearer {key}"}) as r:  # fmt: skip
                         await r.read()
                         k = str(r.status)
-                except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                except (TimeoutError, aiohttp.ClientError) as exc:
                     k = type(exc).__name__
                 statuses[k] = statuses.get(k, 0) + 1
 
@@ -335,7 +335,8 @@ async def phase(name: str, url: str, gw: sysmon.Proc, args: argparse.Namespace) 
 def fmt_table(rows: list[dict[str, Any]], baseline_rss: float) -> str:
     base = rows[0]["good"]
     lines = [
-        "| phase | good ok | p50 ms | p99 ms (x idle) | gateway CPU | RSS start / peak / after (MB) | gateway counted |",
+        "| phase | good ok | p50 ms | p99 ms (x idle) | gateway CPU | RSS start / peak / after (MB) "
+        "| gateway counted |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
