@@ -53,7 +53,6 @@ WATCH_INTERVAL = 1.0  # seconds between deadline checks (less when a timeout is 
 # What aiohttp decodes itself (br and zstd only when their libraries are installed: it says so).
 DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
 HEAD_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 128}  # aiohttp's defaults
-REFUSED = "refused"  # a GuardedHandler's client key once it was turned away
 
 OnRefused = Callable[[str], None]
 
@@ -109,28 +108,29 @@ def check_content_encoding(request: web.Request) -> None:
 class GuardedHandler(RequestHandler):
     """aiohttp's per-connection protocol, plus admission, the head clock and clean parser errors."""
 
-    __slots__ = ("head_since", "_client", "_door")
+    __slots__ = ("head_since", "_admitted", "_client", "_door")
 
     def __init__(self, manager: web.Server, door: FrontDoor, **kwargs: Any) -> None:
         super().__init__(manager, **kwargs)
         self._door = door
-        self._client: str | bytes | None = None
+        self._client: str | bytes | None = None  # what the per-client cap counted it under
+        self._admitted = False
         self.head_since = 0.0  # when the pending head began (0: none pending)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         peer = transport.get_extra_info("peername")
         refusal = self._door.admit(self, peer[0] if isinstance(peer, tuple) else "")
         if refusal is not None:
-            self._client = REFUSED
             with suppress(Exception):
                 transport.write(refusal)  # type: ignore[attr-defined]
             transport.close()
             return
+        self._admitted = True
         self.head_since = self._loop.time()  # the first head is due within timeouts.headers
         super().connection_made(transport)
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        if self._client is REFUSED:
+        if not self._admitted:  # refused: aiohttp never saw it
             return
         self._door.release(self)
         super().connection_lost(exc)
