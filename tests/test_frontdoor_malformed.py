@@ -272,6 +272,7 @@ async def test_path_tricks_never_serve_metrics_without_credentials(
         ("gzip", gzip.compress),
         ("deflate", zlib.compress),
         ("GZip", gzip.compress),
+        ("identity", lambda body: body),
     ],
 )
 async def test_gzip_and_deflate_bodies_are_decoded_before_the_backend(

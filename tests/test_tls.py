@@ -156,6 +156,21 @@ async def test_reload_tls_keeps_the_running_certificate_when_the_new_files_are_b
         assert after != before
 
 
+async def test_turning_tls_on_or_off_by_reload_is_refused_and_logged(
+    tmp_path: Path, backend_factory: BackendFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    cert, key = issue(trustme.CA(), tmp_path, "gw")
+    backend = await backend_factory("desktop")
+    plain = {"backends": [backend_entry(backend)]}
+    with_tls = {**plain, "server": {"tls": {"cert": str(cert), "key": str(key)}}}
+    async with https_gateway(with_tls) as (_, app):
+        assert reload_tls(app, parse_config(plain, "<t>")) is False
+    app = create_app(parse_config(plain, "<t>"))
+    assert attach_tls(app, parse_config(plain, "<t>")) is None
+    assert reload_tls(app, parse_config(with_tls, "<t>")) is False
+    assert caplog.text.count("server.tls was added or removed: that takes effect only after a restart") == 2
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
