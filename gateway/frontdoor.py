@@ -24,6 +24,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import socket
 from collections.abc import Callable
 from contextlib import suppress
 from typing import Any
@@ -52,6 +53,7 @@ MIN_BODY_RATE = 64 * 1024  # bytes/s a body must average once timeouts.body has 
 WATCH_INTERVAL = 1.0  # seconds between deadline checks (less when a timeout is shorter)
 # What aiohttp decodes itself (br and zstd only when their libraries are installed: it says so).
 DECODED_ENCODINGS = frozenset({"gzip", "deflate", "br", "zstd", "identity"})
+V4_MAPPED = bytes(10) + b"\xff\xff"  # ::ffff:a.b.c.d
 HEAD_LIMITS = {"max_line_size": 8190, "max_field_size": 8190, "max_headers": 128}  # aiohttp's defaults
 
 OnRefused = Callable[[str], None]
@@ -89,11 +91,12 @@ def client_key(host: str) -> str | bytes:
     if ":" not in host:
         return host
     try:
-        ip = ipaddress.IPv6Address(host.split("%", 1)[0])
-    except ValueError:
+        packed = socket.inet_pton(socket.AF_INET6, host.split("%", 1)[0])  # ipaddress is 50x slower
+    except OSError:
         return host
-    mapped = ip.ipv4_mapped
-    return str(mapped) if mapped is not None else ip.packed[:8]
+    if packed[:12] == V4_MAPPED:
+        return socket.inet_ntop(socket.AF_INET, packed[12:])
+    return packed[:8]
 
 
 def check_content_encoding(request: web.Request) -> None:
