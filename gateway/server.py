@@ -85,9 +85,10 @@ async def serve(
 ) -> None:
     """Serve until SIGINT/SIGTERM (SIGHUP reloads credentials), then shut down gracefully."""
     app = create_app(config)
+    tls = attach_tls(app, config)  # before the app is frozen: SIGHUP re-reads certificates into it
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=attach_tls(app, config), reuse_port=reuse_port, backlog=4096)
+    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=reuse_port, backlog=4096)
     await site.start()
     # Everything built so far lives for the whole run: move it out of the collector's sight, and
     # collect young objects less often (a request allocates a few hundred short-lived objects).
