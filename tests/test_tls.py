@@ -200,7 +200,8 @@ async def test_sighup_makes_the_real_gateway_serve_swapped_certificate_files(
                                       "server": {"tls": {"cert": str(cert), "key": str(key)}}}))  # fmt: skip
     port = free_port()
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "gateway", "serve", "-c", str(config), "--port", str(port), cwd=tmp_path,
+        sys.executable, "-W", "error::DeprecationWarning", "-m", "gateway", "serve", "-c", str(config),
+        "--port", str(port), cwd=tmp_path,
         env={**os.environ}, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     assert proc.stderr is not None
