@@ -26,7 +26,7 @@ from .configfile import load_config
 from .frontdoor import guarded_runner
 from .metrics import mark_process_dead, prepare_multiprocess_dir
 from .state import STATE
-from .tls import attach_tls, reload_tls
+from .tls import TlsSite, attach_tls, reload_tls
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
@@ -88,7 +88,10 @@ async def serve(
     tls = attach_tls(app, config)  # before the app is frozen: SIGHUP re-reads certificates into it
     runner = make_runner(app)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=tls, reuse_port=reuse_port, backlog=4096)
+    site = TlsSite(
+        runner, host, port, ssl_context=tls, handshake_timeout=config.server.timeouts.headers, reuse_port=reuse_port,
+        backlog=4096,
+    )  # fmt: skip
     await site.start()
     # Everything built so far lives for the whole run: move it out of the collector's sight, and
     # collect young objects less often (a request allocates a few hundred short-lived objects).

@@ -8,14 +8,16 @@ broken or mismatched pair is reported and the running certificate stays. TLS 1.2
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
+from typing import Any
 
 from aiohttp import web
 
 from .config import GatewayConfig, TlsConfig
 
-__all__ = ["TLS_CONTEXT", "attach_tls", "reload_tls", "server_context"]
+__all__ = ["TLS_CONTEXT", "TlsSite", "attach_tls", "reload_tls", "server_context"]
 
 log = logging.getLogger("gateway")
 TLS_CONTEXT = web.AppKey("tls_context", ssl.SSLContext)
@@ -61,3 +63,41 @@ def reload_tls(app: web.Application, config: GatewayConfig) -> bool:
         return False
     log.info("TLS certificate reloaded from %s", tls.cert)
     return True
+
+
+class TlsSite(web.TCPSite):
+    """``web.TCPSite`` whose TLS handshakes must finish within ``handshake_timeout``.
+
+    A connection is handed to the gateway (and counted against the connection caps, and held to
+    ``timeouts.headers``) only once its handshake is done; asyncio allows a handshake 60 s, so a
+    client stalling it would hold a socket that long, uncounted. The gateway passes
+    ``timeouts.headers``. Without TLS this is a plain ``TCPSite``.
+    """
+
+    __slots__ = ("_handshake_timeout",)
+
+    def __init__(
+        self, runner: web.BaseRunner, host: str, port: int, *, handshake_timeout: float, **kwargs: Any
+    ) -> None:
+        super().__init__(runner, host, port, **kwargs)
+        self._handshake_timeout = handshake_timeout
+
+    async def start(self) -> None:
+        if self._ssl_context is None:
+            await super().start()
+            return
+        await web.BaseSite.start(self)  # registers the site with the runner, as TCPSite.start does
+        server = self._runner.server
+        assert server is not None
+        self._server = await asyncio.get_running_loop().create_server(
+            server,
+            self._host,
+            self._port,
+            ssl=self._ssl_context,
+            ssl_handshake_timeout=self._handshake_timeout,
+            backlog=self._backlog,
+            reuse_address=self._reuse_address,
+            reuse_port=self._reuse_port,
+        )
+        sockets = self._server.sockets
+        self._bound_port = sockets[0].getsockname()[1] if sockets else self._port

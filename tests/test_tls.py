@@ -10,6 +10,7 @@ import signal
 import socket
 import ssl
 import sys
+import time
 import warnings
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -25,7 +26,7 @@ from aiohttp import web
 from gateway.app import create_app
 from gateway.configfile import parse_config
 from gateway.server import make_runner
-from gateway.tls import attach_tls, reload_tls
+from gateway.tls import TlsSite, attach_tls, reload_tls
 
 from .conftest import BackendFactory, backend_entry
 
@@ -46,7 +47,7 @@ async def https_gateway(config: dict[str, object]) -> AsyncIterator[tuple[str, w
     runner = make_runner(app)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
+        site = TlsSite(runner, "127.0.0.1", 0, ssl_context=context, handshake_timeout=parsed.server.timeouts.headers)
         await site.start()
         yield f"https://127.0.0.1:{runner.addresses[0][1]}", app
     finally:
@@ -169,6 +170,26 @@ async def test_turning_tls_on_or_off_by_reload_is_refused_and_logged(
     assert attach_tls(app, parse_config(plain, "<t>")) is None
     assert reload_tls(app, parse_config(with_tls, "<t>")) is False
     assert caplog.text.count("server.tls was added or removed: that takes effect only after a restart") == 2
+
+
+async def test_a_stalled_tls_handshake_is_cut_after_the_head_deadline(
+    tmp_path: Path, backend_factory: BackendFactory
+) -> None:
+    cert, key = issue(trustme.CA(), tmp_path, "gw")
+    backend = await backend_factory("desktop")
+    server = {"tls": {"cert": str(cert), "key": str(key)}, "timeouts": {"headers": "0.5s"}}
+    async with https_gateway({"backends": [backend_entry(backend)], "server": server}) as (url, _):
+        port = int(url.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(bytes.fromhex("160301"))  # the start of a ClientHello, then nothing
+        start = time.monotonic()
+        try:
+            rest = await asyncio.wait_for(reader.read(), 10)
+        except ConnectionResetError:
+            rest = b""
+        writer.close()
+        assert rest == b""
+        assert 0.4 <= time.monotonic() - start < 3.0  # asyncio's own default would be 60 s
 
 
 def free_port() -> int:
