@@ -45,7 +45,7 @@ async def test_a_head_trickled_byte_by_byte_is_cut_with_408(
 ) -> None:
     backend, gw = await make(backend_factory, gateway_factory, timeouts={"headers": "0.5s"})
     reader, writer = await asyncio.open_connection(*host_port(gw.url))
-    head = request("POST", "/api/generate", BODY)
+    head = request("POST", "/api/generate", BODY, {f"X-Pad-{i}": "x" * 20 for i in range(10)})  # 15 s to trickle
     start = time.monotonic()
     sent = 0
     try:
@@ -62,7 +62,7 @@ async def test_a_head_trickled_byte_by_byte_is_cut_with_408(
     assert answer.status == 408
     assert "timeouts.headers" in answer.json()["error"]["message"]
     assert answer.header("Connection") == "close"
-    assert 0.5 <= elapsed < 2.0
+    assert 0.5 <= elapsed < 4.0  # without the deadline: keep_alive, 75 s (generous bound: a loaded machine)
     assert sent < len(head)
     assert backend.requests == []
     assert gw.sample("gateway_client_timeouts_total", phase="headers") == 1
@@ -77,7 +77,7 @@ async def test_a_connection_that_sends_nothing_is_closed_after_the_head_deadline
     rest = await closed_by_peer(reader, timeout=5)
     writer.close()
     assert rest.startswith(b"HTTP/1.1 408 ")
-    assert 0.3 <= time.monotonic() - start < 1.5
+    assert 0.3 <= time.monotonic() - start < 4.0  # keep_alive (60 s) would be far later
 
 
 async def test_a_slow_body_is_answered_408_in_the_endpoints_dialect_and_closed(
@@ -98,7 +98,7 @@ async def test_a_slow_body_is_answered_408_in_the_endpoints_dialect_and_closed(
         assert answer.status == 408, (path, answer)
         assert "timeouts.body" in message(answer.json())
         assert rest == b""
-        assert 0.5 <= time.monotonic() - start < 2.0
+        assert 0.5 <= time.monotonic() - start < 4.0  # without the deadline: never (read_answer gives up at 5 s)
     assert backend.requests == []
     assert gw.sample("gateway_client_timeouts_total", phase="body") == 3
 
@@ -139,7 +139,7 @@ async def test_an_idle_keep_alive_connection_lives_until_keep_alive_then_closes_
     rest = await closed_by_peer(reader, timeout=5)
     writer.close()
     assert rest == b""  # no 408 for an idle connection: clients would take it for their next request's answer
-    assert 0.9 <= time.monotonic() - idle_from < 2.5
+    assert 0.9 <= time.monotonic() - idle_from < 4.0
 
 
 async def test_the_head_size_limits_are_answered_431(

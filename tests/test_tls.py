@@ -189,7 +189,7 @@ async def test_a_stalled_tls_handshake_is_cut_after_the_head_deadline(
             rest = b""
         writer.close()
         assert rest == b""
-        assert 0.4 <= time.monotonic() - start < 3.0  # asyncio's own default would be 60 s
+        assert 0.4 <= time.monotonic() - start < 5.0  # asyncio's own default would be 60 s
 
 
 def free_port() -> int:
