@@ -44,7 +44,8 @@ async def read_answer(reader: asyncio.StreamReader, timeout: float = 10.0, head_
     try:
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout)
     except (asyncio.IncompleteReadError, ConnectionError) as exc:
-        partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
+        # A reset (we kept sending after the gateway closed) discards nothing already received.
+        partial = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else bytes(reader._buffer)  # type: ignore[attr-defined]
         return parse_answer(partial)
     answer = parse_answer(head)
     if head_only or answer.status is None or answer.status in (204, 304) or answer.status < 200:
