@@ -228,6 +228,8 @@ def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hash
         "  host: 127.0.0.1",
         f"  port: {port}",
         "  max_body_size: 50MiB",
+        "  max_connections: 100000",  # the idle phase holds 10,000 streams from one address: caps checked, never hit
+        "  max_connections_per_client: 100000",
         "backends:",
         "  - name: vllm-box",
         f"    url: {q(up)}",

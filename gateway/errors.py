@@ -6,7 +6,9 @@
     ├── Forbidden               403  model or endpoint not allowed for this client
     ├── NotFound                404  unknown model or path
     ├── MethodNotAllowed        405
+    ├── RequestTimeout          408  body not received within server.timeouts.body
     ├── PayloadTooLarge         413  body over server.max_body_size
+    ├── UnsupportedMediaType    415  a Content-Encoding the gateway does not decode
     ├── TooManyRequests         429  (+ Retry-After)
     ├── BadGateway              502  backend unreachable, broke the protocol, or rejected our key
     ├── ServiceUnavailable      503  no healthy backend for the model
@@ -35,9 +37,11 @@ __all__ = [
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
+    "RequestTimeout",
     "ServiceUnavailable",
     "TooManyRequests",
     "Unauthorized",
+    "UnsupportedMediaType",
     "dialect_for",
     "error_body",
     "error_response",
@@ -112,6 +116,18 @@ class PayloadTooLarge(GatewayError):
     status = 413
     type = "invalid_request_error"
     anthropic_type = "request_too_large"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
+
+
+class UnsupportedMediaType(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    anthropic_type = "invalid_request_error"
 
 
 class TooManyRequests(GatewayError):

@@ -158,6 +158,17 @@ class Metrics:
             "gateway_upstream_errors", "Failures talking to a backend, by reason.",
             ("backend", "reason"), registry=own,
         )  # fmt: skip
+        self.connections_refused = Counter(
+            "gateway_connections_refused", "Connections refused when accepted, by the cap reached.",
+            ("reason",), registry=own,
+        )  # fmt: skip
+        self.client_timeouts = Counter(
+            "gateway_client_timeouts", "Connections cut for a slow client, by the deadline missed (headers, body).",
+            ("phase",), registry=own,
+        )  # fmt: skip
+        self.open_connections = Gauge(
+            "gateway_open_connections", "Client connections currently open.", registry=own, multiprocess_mode="livesum"
+        )
 
         self._models: set[str] = {UNKNOWN_MODEL, OTHER_MODEL}
         self._route: dict[tuple[str, str, str, int, str], tuple[Any, Any, Any]] = {}
@@ -361,6 +372,17 @@ class Metrics:
         if child is None:
             child = self._queue_wait[backend] = self.queue_wait.labels(backend)
         child.observe(seconds)
+
+    def connection_refused(self, reason: str) -> None:
+        self.connections_refused.labels(reason).inc()
+
+    def client_timeout(self, phase: str) -> None:
+        self.client_timeouts.labels(phase).inc()
+
+    def follow_open_connections(self, read: Callable[[], float]) -> None:
+        """The open-connections gauge reads ``read()`` when scraped (single process; else it stays unset)."""
+        if not self.multiprocess_dir:
+            self.open_connections.set_function(read)
 
     # ----------------------------------------------------------------------- read side
 

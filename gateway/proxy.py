@@ -38,6 +38,7 @@ from .errors import (
     dialect_for,
 )
 from .fairqueue import anonymous_client
+from .frontdoor import check_content_encoding
 from .headers import upstream_headers
 from .placement import LOADING_ENDPOINTS
 from .record import RequestRecord
@@ -56,6 +57,7 @@ __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
 RETRY_STATUSES = frozenset({502, 503, 504})
 LARGE_BODY = 1 << 20
+MAX_MODEL_NAME = 256
 Upstream = aiohttp.ClientResponse | UpstreamResponse
 BACKEND_HEADER = "X-Gateway-Backend"  # admin endpoints only: which Ollama receives a pull/create/blob
 
@@ -113,6 +115,9 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         return await request.read()
     except web.HTTPRequestEntityTooLarge:
         raise PayloadTooLarge(f"request body exceeds the limit (server.max_body_size) of {limit} bytes") from None
+    except web.RequestPayloadError as exc:  # bad chunked framing or Content-Encoding data
+        cause = exc.__cause__ or exc
+        raise BadRequest(f"request body could not be read: {type(cause).__name__}") from None
 
 
 def parse_payload(body: bytes) -> dict[str, Any]:
@@ -122,6 +127,8 @@ def parse_payload(body: bytes) -> dict[str, Any]:
         payload = json.loads(body)
     except ValueError as exc:  # UnicodeDecodeError included
         raise BadRequest(f"request body is not valid JSON: {exc}") from None
+    except RecursionError:  # arrays or objects nested thousands deep: refuse, never a 500
+        raise BadRequest("request body is not valid JSON: nested too deeply") from None
     if not isinstance(payload, dict):
         raise BadRequest(f"request body must be a JSON object, got {type(payload).__name__}")
     return payload
@@ -134,6 +141,8 @@ def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] 
         if value is not None:
             if not isinstance(value, str) or not value.strip():
                 raise BadRequest(f"'{key}' must be a non-empty string", param=key)
+            if len(value) > MAX_MODEL_NAME:  # it reaches logs, metrics and error messages
+                raise BadRequest(f"'{key}' is too long ({len(value)} characters, at most {MAX_MODEL_NAME})", param=key)
             return key, value
     return None
 
@@ -159,6 +168,7 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
     principal = request.get(PRINCIPAL, ANONYMOUS)
     if spec.admin and not principal.admin:
         raise Forbidden(f"{spec.path} is an admin endpoint; the credentials used ('{principal.name}') are not admin")
+    check_content_encoding(request)
     body: bytes | aiohttp.StreamReader | None = None
     payload: dict[str, Any] | None = None
     model_key, requested = "model", ""

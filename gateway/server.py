@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import signal
-import ssl
 import sys
 import tempfile
 from contextlib import suppress
@@ -27,9 +26,11 @@ from .app import create_app
 from .config import ConfigError, GatewayConfig
 from .configfile import load_config
 from .drain import STREAM_END_GRACE, shut_down
+from .frontdoor import guarded_runner
 from .metrics import mark_process_dead, prepare_multiprocess_dir
 from .reload import keep_restart_only, reload_state
 from .state import STATE
+from .tls import TlsSite, attach_tls, reload_tls
 
 __all__ = ["is_loopback", "make_runner", "run", "serve", "unsafe_listen_reason"]
 
@@ -39,7 +40,15 @@ GC_THRESHOLD = 20_000  # generation-0 allocations between collections (CPython's
 
 
 def make_runner(app: web.Application, shutdown_timeout: float = 5.0) -> web.AppRunner:
-    return web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=shutdown_timeout)
+    state = app[STATE]  # the front door (frontdoor.py): connection caps, slow-client deadlines, head limits
+    return guarded_runner(
+        app,
+        state.config.server,
+        state.metrics,
+        handler_cancellation=True,
+        access_log=None,
+        shutdown_timeout=shutdown_timeout,
+    )
 
 
 def is_loopback(host: str) -> bool:
@@ -59,15 +68,6 @@ def unsafe_listen_reason(config: GatewayConfig, host: str) -> str | None:
             "Add an auth section (gateway new-key), or set server.allow_unauthenticated_remote: true"
         )
     return None
-
-
-def ssl_context(config: GatewayConfig) -> ssl.SSLContext | None:
-    tls = config.server.tls
-    if tls is None:
-        return None
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(tls.cert, tls.key)
-    return context
 
 
 def _reload(app: web.Application, path: Path | None, host: str, port: int, file_listen: tuple[str, int]) -> None:
@@ -95,6 +95,7 @@ def _reload(app: web.Application, path: Path | None, host: str, port: int, file_
     for key in pending:
         log.warning("%s changed: needs a restart to take effect (keeping the running value)", key)
     report = reload_state(state, config)
+    reload_tls(app, config)  # renewed certificate files, for new connections
     auth = config.auth
     log.info(
         "reloaded %s: backends %s; %d alias(es); auth: %s",
@@ -128,9 +129,13 @@ async def serve(
             loop.add_signal_handler(sig, stop.set)
     with suppress(NotImplementedError, AttributeError):
         loop.add_signal_handler(signal.SIGHUP, _reload, app, config_path, host, port, file_listen)
+    tls = attach_tls(app, config)  # before the app is frozen: SIGHUP re-reads certificates into it
     runner = make_runner(app)  # its shutdown timeout is set when the drain starts (drain.py)
     await runner.setup()
-    site = web.TCPSite(runner, host, port, ssl_context=ssl_context(config), reuse_port=reuse_port, backlog=4096)
+    site = TlsSite(
+        runner, host, port, ssl_context=tls, handshake_timeout=config.server.timeouts.headers, reuse_port=reuse_port,
+        backlog=4096,
+    )  # fmt: skip
     await site.start()
     # Everything built so far lives for the whole run: move it out of the collector's sight, and
     # collect young objects less often (a request allocates a few hundred short-lived objects).
