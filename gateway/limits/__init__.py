@@ -1,0 +1,1 @@
+"""Per-client limits (placeholder until limits-core's engine is merged)."""

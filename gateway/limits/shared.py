@@ -1,0 +1,278 @@
+"""A counter store over a shared backend (SQLite file, Redis), with local leases and batched charges.
+
+``SharedStore`` implements the counter-store protocol (``store.py``) for any ``SharedCounters``: the
+request path only touches the in-process ``LeaseBook`` (``try_take``, ``used``, ``charge``: no
+I/O); refills run as tasks started ahead of need (one per window at a time, concurrent callers of
+``take`` share it); charges and read-backs go out together once per ``sync_interval`` from one
+background task.
+
+When the shared backend fails, the store says so once in the log, in ``status()`` (``/readyz``, the
+``gateway_limits_store_up`` gauge), and then either keeps counting locally (``on_error="allow"``)
+or refuses requests with 503 (``"deny"``); a background task reconnects with backoff, never a
+request, and unflushed charges reach the backend once it is back.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import suppress
+from typing import Literal, Protocol
+
+from ..errors import ServiceUnavailable
+from .leases import Entry, LeaseBook, batch_size
+from .store import Window
+
+__all__ = ["SharedCounters", "SharedStore", "StoreUnavailable"]
+
+log = logging.getLogger("gateway.limits")
+SYNC_INTERVAL = 0.25  # seconds between flushes of token charges (and read-backs of watched windows)
+PRUNE_INTERVAL = 60.0
+HEARTBEAT = 1.0  # with nothing to sync for this long, check the backend anyway (for /readyz and the gauge)
+BACKOFF_FIRST, BACKOFF_MAX = 0.25, 5.0
+
+
+class StoreUnavailable(ServiceUnavailable):
+    """503: the shared counters are unreachable and ``limits.on_redis_error`` is ``deny``."""
+
+
+class SharedCounters(Protocol):
+    """The shared side: a few batched, atomic operations on window counters (every call may raise)."""
+
+    name: str
+
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def load(self, now: float) -> dict[str, tuple[int, float]]:
+        """Every live window: key -> (count, expires_at)."""
+        ...
+
+    async def grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
+        """Atomically lease up to ``want`` of what is left under ``limit``: (granted, new count)."""
+        ...
+
+    async def add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
+        """Add charges (key, amount, expires_at); the new counts."""
+        ...
+
+    async def read(self, keys: list[str]) -> dict[str, int]:
+        """Current counts (absent keys: 0)."""
+        ...
+
+    async def prune(self, now: float) -> None: ...
+
+
+class SharedStore:
+    """The counter store: local leases of a shared allowance, charges flushed in batches."""
+
+    def __init__(
+        self,
+        counters: SharedCounters,
+        *,
+        on_error: Literal["allow", "deny"] = "allow",
+        sync_interval: float = SYNC_INTERVAL,
+    ) -> None:
+        self.counters = counters
+        self.name = counters.name
+        self.on_error = on_error
+        self.sync_interval = sync_interval
+        self.book = LeaseBook()
+        self.up = False
+        self.detail = f"{counters.name}: not started"
+        self._refills: dict[str, asyncio.Task[None]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._sync_task: asyncio.Task[None] | None = None
+        self._reconnect: asyncio.Task[None] | None = None
+        self._retry_at = 0.0
+        self._contact = 0.0  # monotonic time of the last successful sync
+        self._wake = asyncio.Event()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        try:
+            await self.counters.connect()
+            live = await self.counters.load(time.time())
+        except Exception as exc:  # noqa: BLE001 - any failure of the backend is "unreachable"
+            self._went_down(exc)
+        else:
+            for key, (count, expires_at) in live.items():
+                e = self.book.entry(key, 1 << 62, expires_at)  # the limit is learnt on first use
+                e.total = count
+                e.watched = False
+            self._came_up()
+        self._sync_task = asyncio.create_task(self._sync_forever())
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._sync_task, self._reconnect, *self._refills.values(), *self._tasks) if t]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.up:
+            with suppress(Exception):
+                await self._flush()  # a graceful stop keeps the last charges (the daily budget)
+        with suppress(Exception):
+            await self.counters.close()
+
+    # ------------------------------------------------------------------ the request path (no I/O)
+
+    def _entry(self, w: Window) -> Entry:
+        e = self.book.entries.get(w.key)
+        if e is None:
+            e = self.book.entry(w.key, w.limit, w.expires_at)
+        elif e.limit != w.limit:  # loaded at start, or the limit changed on reload
+            e.limit = w.limit
+            e.batch = batch_size(w.limit)
+            e.exhausted = e.total >= w.limit
+        return e
+
+    def _refuse(self) -> None:
+        if self.on_error == "deny":
+            retry = max(1, round(self._retry_at - time.monotonic() + 0.5))
+            raise StoreUnavailable(
+                f"limits are unavailable: {self.detail} (limits.on_redis_error: deny)",
+                headers={"Retry-After": str(retry)},
+            )
+
+    def try_take(self, w: Window, amount: int = 1) -> bool | None:
+        if not self.up:
+            self._refuse()
+        e = self._entry(w)
+        result = LeaseBook.spend(e, amount)
+        if e.low:
+            self._refill(w.key, e, amount)
+        return result
+
+    async def take(self, w: Window, amount: int = 1) -> bool:
+        while True:
+            result = self.try_take(w, amount)
+            if result is not None:
+                return result
+            # The lease is too small and the window not spent: wait for a refill (one per window,
+            # shared by every waiter), then spend again; others may have spent it first.
+            self._refill(w.key, self._entry(w), amount)
+            task = self._refills.get(w.key)
+            if task is not None:
+                await asyncio.shield(task)
+
+    def used(self, w: Window) -> int:
+        if not self.up:
+            self._refuse()
+        e = self._entry(w)
+        e.watched = True
+        return e.used
+
+    def charge(self, w: Window, amount: int) -> None:
+        if amount > 0:
+            e = self._entry(w)
+            e.pending += amount
+
+    def status(self) -> tuple[bool, str]:
+        return self.up, self.detail
+
+    # ------------------------------------------------------------------ background work
+
+    def _refill(self, key: str, e: Entry, amount: int) -> None:
+        if e.refilling or e.exhausted:
+            return
+        e.refilling = True
+        task = asyncio.create_task(self._do_refill(key, e, LeaseBook.want(e, amount)))
+        self._refills[key] = task
+
+    async def _do_refill(self, key: str, e: Entry, want: int) -> None:
+        try:
+            if self.up:
+                try:
+                    granted, total = await self.counters.grant(key, e.limit, want, e.expires_at)
+                except Exception as exc:  # noqa: BLE001
+                    self._went_down(exc)
+                else:
+                    LeaseBook.granted(e, want, granted, total)
+                    return
+            if self.on_error == "allow":
+                LeaseBook.grant_locally(e, want)
+        finally:
+            e.refilling = False
+            self._refills.pop(key, None)
+
+    async def _sync_forever(self) -> None:
+        next_prune = time.monotonic() + PRUNE_INTERVAL
+        while True:
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self.sync_interval):
+                    await self._wake.wait()
+            self._wake.clear()
+            if time.monotonic() >= next_prune:
+                next_prune = time.monotonic() + PRUNE_INTERVAL
+                now = time.time()
+                self.book.prune(now)
+                if self.up:
+                    try:
+                        await self.counters.prune(now)
+                    except Exception as exc:  # noqa: BLE001
+                        self._went_down(exc)
+            if self.up:
+                await self._flush()
+
+    async def _flush(self) -> None:
+        """One sync: send the charges, read back what others did to the windows read here."""
+        items = self.book.take_pending()
+        watched = self.book.watched_keys()
+        try:
+            totals: dict[str, int] = {}
+            if items:
+                totals.update(await self.counters.add(items))
+            rest = [k for k in watched if k not in totals]
+            if rest:
+                totals.update(await self.counters.read(rest))
+            now = time.monotonic()
+            if items or rest:
+                self._contact = now
+            elif now - self._contact > HEARTBEAT:
+                self._contact = now
+                await self.counters.connect()  # idle: still make sure it is there
+        except Exception as exc:  # noqa: BLE001
+            self.book.restore_pending(items)
+            self._went_down(exc)
+            return
+        self.book.apply_totals(totals)
+
+    def _went_down(self, exc: BaseException) -> None:
+        if not self.up and self._reconnect is not None:
+            return
+        was_up = self.up
+        self.up = False
+        fallback = "serving on local counters" if self.on_error == "allow" else "refusing requests with 503"
+        self.detail = f"{self.name} unreachable ({type(exc).__name__}: {exc}); {fallback} until it is back"
+        log.error("limits store %s%s", self.detail, "" if was_up else " (at start)")
+        self._retry_at = time.monotonic() + BACKOFF_FIRST
+        if self._reconnect is None:
+            self._reconnect = asyncio.create_task(self._reconnect_forever())
+
+    def _came_up(self) -> None:
+        self.up = True
+        self.detail = f"{self.name}: ok"
+        for e in self.book.entries.values():  # local verdicts from an outage: ask the shared store again
+            e.exhausted = e.total >= e.limit
+            e.watched = True
+
+    async def _reconnect_forever(self) -> None:
+        delay = BACKOFF_FIRST
+        try:
+            while True:
+                self._retry_at = time.monotonic() + delay
+                await asyncio.sleep(delay)
+                try:
+                    await self.counters.connect()
+                except Exception:  # noqa: BLE001 - still down: try again later
+                    delay = min(delay * 2, BACKOFF_MAX)
+                    continue
+                self._came_up()
+                log.warning("limits store %s is reachable again: counters are shared again", self.name)
+                self._wake.set()  # flush what was charged meanwhile
+                return
+        finally:
+            self._reconnect = None
