@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from gateway.config import LimitsConfig
+from gateway.limits.factory import make_store
 from gateway.limits.redis_store import KEY_PREFIX, RedisCounters
 from gateway.limits.shared import SharedStore, StoreUnavailable
 from gateway.limits.sqlite_store import SqliteCounters
 from gateway.limits.store import Window
-from gateway.limits.stores import StoreUpCollector, open_shared_store
+from gateway.limits.store_gauge import StoreUpCollector
 
 from .redis_server import RedisServer, redis_server_or_skip
 
@@ -105,17 +106,27 @@ async def test_sqlite_token_charges_are_seen_by_the_other_worker_and_survive_a_r
         await again.close()
 
 
-async def test_no_file_until_a_store_starts_and_a_bad_path_falls_back_to_local_counters(tmp_path: Path) -> None:
+async def test_no_file_until_something_is_counted_and_a_bad_path_falls_back_to_local_counters(
+    tmp_path: Path,
+) -> None:
     path = tmp_path / "sub" / "state.sqlite3"
-    store = open_shared_store(LimitsConfig(state_path=str(path)))
-    assert store.name == "sqlite" and not path.exists()
+    store = make_store(LimitsConfig(state_path=str(path)))
+    assert isinstance(store, SharedStore) and store.name == "sqlite"
+    await store.start()
+    try:
+        await asyncio.sleep(FAST_SYNC * 3)
+        assert store.status() == (True, "sqlite: ok") and not path.exists()  # no limit used: no file
+        assert await admit(store, window("rpm:x:1", 10), 1) == 1
+        assert path.exists()
+    finally:
+        await store.close()
     (tmp_path / "blocker").write_text("a file, not a folder")
     broken = SharedStore(SqliteCounters(str(tmp_path / "blocker" / "state.sqlite3")), sync_interval=FAST_SYNC)
     await broken.start()
     try:
+        assert await admit(broken, window("rpm:x:1", 3), 5) == 3  # still limited, in memory
         ok, detail = broken.status()
         assert not ok and detail.startswith("sqlite unreachable (") and "serving on local counters" in detail
-        assert await admit(broken, window("rpm:x:1", 3), 5) == 3  # still limited, in memory
     finally:
         await broken.close()
 

@@ -37,6 +37,7 @@ class SqliteCounters:
         self.path = path
         self._db: sqlite3.Connection | None = None
         self._thread: ThreadPoolExecutor | None = None
+        self._needed = False  # something was counted: the file must exist from now on
 
     async def _run(self, fn: Any, *args: Any) -> Any:
         if self._thread is None:
@@ -46,6 +47,7 @@ class SqliteCounters:
     # ------------------------------------------------------------------ in the store's thread
 
     def _open(self) -> None:
+        """Open the file, creating it and its folder: done by the first count, so no limit means no file."""
         if self._db is not None:
             return
         Path(self.path).parent.mkdir(parents=True, exist_ok=True)
@@ -65,11 +67,21 @@ class SqliteCounters:
         assert self._db is not None
         return self._db
 
+    def _exists(self) -> bool:
+        return self._db is not None or self._needed or Path(self.path).exists()
+
+    def _check(self) -> None:
+        if self._exists():
+            self._open()
+
     def _load(self, now: float) -> dict[str, tuple[int, float]]:
+        if not self._exists():
+            return {}
         rows = self._db_or_open().execute("SELECT key, used, expires_at FROM counters WHERE expires_at > ?", (now,))
         return {key: (int(used), float(exp)) for key, used, exp in rows}
 
     def _grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
+        self._needed = True
         db = self._db_or_open()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -85,6 +97,7 @@ class SqliteCounters:
         return granted, used + granted
 
     def _add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
+        self._needed = True
         db = self._db_or_open()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -102,11 +115,14 @@ class SqliteCounters:
         return int(row[0]) if row else 0
 
     def _read(self, keys: list[str]) -> dict[str, int]:
+        if not self._exists():  # nobody counted anything yet
+            return dict.fromkeys(keys, 0)
         db = self._db_or_open()
         return {key: self._count(db, key) for key in keys}
 
     def _prune(self, now: float) -> None:
-        self._db_or_open().execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
+        if self._exists():
+            self._db_or_open().execute("DELETE FROM counters WHERE expires_at <= ?", (now,))
 
     def _close(self) -> None:
         if self._db is not None:
@@ -116,7 +132,7 @@ class SqliteCounters:
     # ------------------------------------------------------------------ SharedCounters
 
     async def connect(self) -> None:
-        await self._run(self._open)
+        await self._run(self._check)
 
     async def close(self) -> None:
         if self._thread is not None:
