@@ -129,8 +129,9 @@ class LeaseBook:
         for key, total in totals.items():
             e = self.entries.get(key)
             if e is not None:
-                e.total = total
-                e.exhausted = total >= e.limit  # a Redis that lost its data starts the window afresh
+                # Counts only grow within a window; a smaller answer is older than a grant applied since.
+                e.total = max(e.total, total)
+                e.exhausted = e.total >= e.limit
 
     def prune(self, now: float) -> int:
         """Forget windows that have ended; returns how many."""
