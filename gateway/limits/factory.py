@@ -1,8 +1,9 @@
-"""The one place a ``CounterStore`` is chosen from ``limits:``; the engine only sees the protocol.
+"""The one place the limits machinery is built from config: which ``CounterStore``, and whether a
+``Limiter`` is needed at all (no limit anywhere: none, and the proxy pays nothing).
 
-Today every configuration gets the in-memory store. The shared stores add their branch here:
-``limits.redis_url`` set -> Redis (every replica and worker), else SQLite at ``limits.state_path``
-(``--workers`` on one machine, daily usage surviving a restart).
+Today every configuration gets the in-memory store. The shared stores add their branch in
+``make_store``: ``limits.redis_url`` set -> Redis (every replica and worker), else SQLite at
+``limits.state_path`` (``--workers`` on one machine, daily usage surviving a restart).
 """
 
 from __future__ import annotations
@@ -10,12 +11,31 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from ..config import LimitsConfig
+from ..config import ApiKeyConfig, BasicUserConfig, GatewayConfig, LimitsConfig
+from .engine import Limiter, has_limits
 from .store import CounterStore, MemoryStore
 
-__all__ = ["make_store"]
+__all__ = ["limits_configured", "make_limiter", "make_store"]
 
 
 def make_store(config: LimitsConfig, clock: Callable[[], float] = time.time) -> CounterStore:
     """The store ``config`` asks for (not started: the app's lifecycle calls ``start``/``close``)."""
     return MemoryStore(clock)
+
+
+def limits_configured(config: GatewayConfig) -> bool:
+    """Whether any client (the default, or a key or user of its own) has a limit the engine enforces."""
+    if has_limits(config.limits.default):
+        return True
+    auth = config.auth
+    if auth is None:
+        return False
+    entries: tuple[ApiKeyConfig | BasicUserConfig, ...] = (*auth.api_keys, *auth.basic_users)
+    return any(e.limits is not None and has_limits(e.limits) for e in entries)
+
+
+def make_limiter(config: GatewayConfig, on_refused: Callable[[str, str], None] | None = None) -> Limiter | None:
+    """A Limiter over the configured store, or None when no client has any limit."""
+    if not limits_configured(config):
+        return None
+    return Limiter(config, make_store(config.limits), on_refused=on_refused)
