@@ -38,6 +38,7 @@ from .errors import (
     error_response,
 )
 from .headers import client_address, host_name
+from .limits import make_limiter
 from .listing import add_listing_routes
 from .metrics import Metrics
 from .ops import add_ops_routes
@@ -190,6 +191,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
     authenticator = None
     if config.auth is not None:
         authenticator = _authenticator(config.auth, metrics)
+    limiter = make_limiter(config, on_refused=metrics.limited if metrics is not None else None)
     return GatewayState(
         config=config,
         backends=backends,
@@ -198,6 +200,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
         access_log=AccessLog(config.logging.format, logging.getLogger("gateway.access")),
         cors=CorsPolicy(config.cors),
         authenticator=authenticator,
+        limiter=limiter,
     )
 
 
@@ -242,11 +245,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             backend.pool = UpstreamPool.from_url(backend.base)
     await asyncio.gather(discovery.refresh(force=True), *(discovery.probe(b) for b in state.backends))
     discovery.start()
+    limiter = state.limiter
+    if limiter is not None:
+        await limiter.store.start()
     flusher = asyncio.create_task(_flush_logs_every(1.0))
     try:
         yield
     finally:
         flusher.cancel()
+        if limiter is not None:
+            await limiter.store.close()
         _flush_access_log()
         await discovery.stop()
         for backend in state.backends:

@@ -36,6 +36,7 @@ from . import __version__
 from .auth import ANONYMOUS
 from .backends import Backend
 from .errors import Forbidden
+from .limits.report import status_page
 from .metrics import Metrics
 from .state import PRINCIPAL, STATE, GatewayState
 
@@ -164,6 +165,7 @@ def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, A
         "models": models,
         "aliases": aliases,
         "metrics": snap,
+        "limits": status_page(state.limiter),  # None: no client has a limit
     }
 
 

@@ -153,6 +153,10 @@ class Metrics:
             "gateway_upstream_errors", "Failures talking to a backend, by reason.",
             ("backend", "reason"), registry=own,
         )  # fmt: skip
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused with 429 for a client's limit, by client and limit.",
+            ("client", "limit"), registry=own,
+        )  # fmt: skip
 
         self._models: set[str] = {UNKNOWN_MODEL, OTHER_MODEL}
         self._route: dict[tuple[str, str, str, int, str], tuple[Any, Any, Any]] = {}
@@ -162,6 +166,7 @@ class Metrics:
         self._up: dict[str, Any] = {}
         self._auth: dict[str, Any] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
+        self._limited: dict[tuple[str, str], Any] = {}
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._followed = False
 
@@ -304,6 +309,14 @@ class Metrics:
         child = self._upstream.get(key)
         if child is None:
             child = self._upstream[key] = self.upstream_errors.labels(backend or NO_BACKEND, reason or "unknown")
+        child.inc()
+
+    def limited(self, client: str, limit: str) -> None:
+        """A request of ``client`` refused for ``limit`` (requests_per_minute, tokens_per_day, ...)."""
+        key = (client, limit)
+        child = self._limited.get(key)
+        if child is None:
+            child = self._limited[key] = self.rate_limited.labels(client, limit)
         child.inc()
 
     # ----------------------------------------------------------------------- read side

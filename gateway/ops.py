@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .auth import ANONYMOUS
 from .errors import Forbidden
+from .limits.report import readiness
 from .state import PRINCIPAL, STATE
 
 __all__ = ["add_ops_routes"]
@@ -24,9 +25,11 @@ async def readyz(request: web.Request) -> web.Response:
     state = request.app[STATE]
     backends = {b.name: "up" if b.up else "down" for b in state.backends}
     ready = any(b.up for b in state.backends)
-    return web.json_response(
-        {"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "unavailable", "backends": backends}
+    limits = readiness(state.limiter)
+    if limits is not None:
+        body["limits"] = limits
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -146,6 +146,26 @@ def add_proxy_routes(app: web.Application) -> None:
 
 
 async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
+    """``routed`` inside the client's limits (``limits/``): admitted first, charged when it is over."""
+    limiter = request.app[STATE].limiter
+    if limiter is None or spec.admin:  # admin model management is never limited
+        return await routed(request, spec)
+    rec = request[RECORD]
+    admission = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec.remote)  # 429 here, before the body is read
+    if admission.pending is not None:
+        await limiter.settle(admission)
+    rec.response_headers = admission.headers
+    try:
+        return await routed(request, spec)
+    except GatewayError as err:
+        if admission.headers:
+            err.headers = {**admission.headers, **err.headers}
+        raise
+    finally:
+        limiter.finish(admission, rec)
+
+
+async def routed(request: web.Request, spec: Endpoint) -> web.StreamResponse:
     state = request.app[STATE]
     rec = request[RECORD]
     rec.endpoint = spec.path
@@ -305,7 +325,7 @@ async def forward(
                     dialect=spec.dialect,
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
-                    count_usage=metrics is not None and spec.counts_usage,
+                    count_usage=spec.counts_usage and (metrics is not None or state.limiter is not None),
                     transform=transform,
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,

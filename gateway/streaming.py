@@ -177,6 +177,8 @@ async def relay(
     streamed = content_type.startswith(STREAM_TYPES)
     headers = downstream_headers(upstream.headers, streamed=streamed)
     headers["X-Request-Id"] = rec.request_id
+    if rec.response_headers:
+        headers.update(rec.response_headers)
     rec.streamed = streamed
     rec.status = upstream.status
     loop = loop or asyncio.get_running_loop()

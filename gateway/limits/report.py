@@ -1,0 +1,55 @@
+"""What the limits look like from outside: ``gateway check``'s lines, ``/readyz`` and the status page.
+
+Read-only views over the config and a ``Limiter``; nothing here counts or refuses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..config import ApiKeyConfig, BasicUserConfig, GatewayConfig, RateLimits
+from .engine import Limiter, has_limits
+
+__all__ = ["describe_limits", "effective_limit_lines", "readiness", "status_page"]
+
+
+def describe_limits(limits: RateLimits) -> str:
+    """``requests_per_minute=60 tokens_per_minute=unlimited ...`` (every key, 0 shown as unlimited)."""
+    parts = []
+    for key in ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent", "max_queued"):
+        value = getattr(limits, key)
+        parts.append(f"{key}={value if value else 'unlimited'}")
+    return " ".join(parts)
+
+
+def effective_limit_lines(config: GatewayConfig) -> list[str]:
+    """One line per client with its effective limits (its own, else ``limits.default``) and share."""
+    default = config.limits.default
+    if config.auth is None:
+        scope = "per source address (IPv6: per /64)"
+        return [f"limits: anonymous callers, {scope}: {describe_limits(default)}"]
+    lines = [f"limits: default: {describe_limits(default)}"]
+    entries: tuple[ApiKeyConfig | BasicUserConfig, ...] = (*config.auth.api_keys, *config.auth.basic_users)
+    for entry in entries:
+        kind = "key" if isinstance(entry, ApiKeyConfig) else "user"
+        own = "own" if entry.limits is not None else "default"
+        limits = entry.limits or default
+        lines.append(f"limits: {kind} '{entry.name}' ({own}): {describe_limits(limits)} share={entry.share:g}")
+    if not has_limits(default) and not any(e.limits is not None and has_limits(e.limits) for e in entries):
+        lines.append("limits: no client has a limit: nothing is enforced")
+    return lines
+
+
+def readiness(limiter: Limiter | None) -> dict[str, Any] | None:
+    """The ``limits`` part of ``/readyz``: which store, and whether it is healthy."""
+    if limiter is None:
+        return None
+    ok, detail = limiter.store.status()
+    return {"store": limiter.store.name, "ok": ok, "detail": detail}
+
+
+def status_page(limiter: Limiter | None) -> dict[str, Any] | None:
+    """The ``limits`` part of ``/dashboard/data``: the store and one row per client."""
+    if limiter is None:
+        return None
+    return {**(readiness(limiter) or {}), "clients": list(limiter.usage())}
