@@ -39,6 +39,7 @@ from .errors import (
 )
 from .headers import client_address, host_name
 from .limits import make_limiter
+from .limits.store_gauge import StoreUpCollector
 from .listing import add_listing_routes
 from .metrics import Metrics
 from .ops import add_ops_routes
@@ -192,6 +193,8 @@ def build_state(config: GatewayConfig) -> GatewayState:
     if config.auth is not None:
         authenticator = _authenticator(config.auth, metrics)
     limiter = make_limiter(config, on_refused=metrics.limited if metrics is not None else None)
+    if limiter is not None and metrics is not None:  # gateway_limits_store_up, read at scrape time
+        metrics.registry.register(StoreUpCollector(limiter.store))
     return GatewayState(
         config=config,
         backends=backends,

@@ -432,14 +432,14 @@ async def test_dashboard_data_shows_each_client(
         async with http.get(f"{gw.url}/readyz") as resp:
             ready = await resp.json()
     limits = data["limits"]
-    assert limits["store"] == "memory"
+    assert limits["store"] == "sqlite"  # without redis_url: the file at limits.state_path
     rows = {row["client"]: row for row in limits["clients"]}
     assert rows["alice"]["requests_today"] == 1
     assert rows["alice"]["tokens_today"] == TOKENS_PER_REPLY
     assert rows["alice"]["remaining"] == {"requests_per_minute": 9, "tokens_per_day": 100 - TOKENS_PER_REPLY}
     assert rows["bob"]["requests_today"] == 0 and rows["bob"]["remaining"] == {"tokens_per_day": 1000}
     assert rows["root"]["limits"]["tokens_per_day"] == 1000
-    assert ready["limits"]["store"] == "memory" and ready["limits"]["ok"] is True
+    assert ready["limits"]["store"] == "sqlite" and ready["limits"]["ok"] is True
 
 
 async def test_no_limits_no_limiter(single: tuple[FakeBackend, RunningGateway]) -> None:
