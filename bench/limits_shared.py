@@ -1,0 +1,243 @@
+#!/usr/bin/env python3
+"""Shared limits under load, in one run: what Redis-backed limits cost, and how far they overshoot.
+
+    python bench/limits_shared.py                 # about 1-2 minutes
+    python bench/limits_shared.py --rounds 5 --duration 5
+
+1. Throughput: the same gateway config three ways (limits off; limits on, SQLite leases, the
+   default without Redis; limits on through Redis), each in its own `gateway serve` process, taking
+   turns under the same non-streaming load (wrk, else bench/loadgen.py) for --rounds rounds. The
+   limits are high enough never to refuse (this measures their cost, not their effect). Reported:
+   median requests/s of each and the ratios to limits off (goal: Redis / off >= 0.90).
+2. Overshoot: two gateways sharing one Redis, `requests_per_minute: 600` for one key, then a burst
+   of 2 x --burst requests sent at once (half to each). Reported: how many got 200 against the 600.
+
+Only 127.0.0.1; redis-server runs on a free port without persistence; every process started here
+is stopped by PID; every load has a duration and a timeout. Needs redis-server (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+import targets
+from sysmon import Proc
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def config_text(port: int, upstream: int, key: str, limits: dict[str, Any] | None) -> str:
+    doc: dict[str, Any] = {
+        "server": {"host": "127.0.0.1", "port": port},
+        "backends": [{"name": "vllm-box", "url": f"http://127.0.0.1:{upstream}", "type": "vllm", "models": ["fake"]}],
+        "auth": {"api_keys": [{"name": "bench", "hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest()}]},
+        "logging": {"level": "warning"},
+    }
+    if limits is not None:
+        doc["limits"] = limits
+    return json.dumps(doc)  # JSON is YAML
+
+
+def start_gateway(
+    argv: list[str],
+    env: dict[str, str],
+    run_dir: str,
+    tag: str,
+    port: int,
+    upstream: int,
+    key: str,
+    limits: dict[str, Any] | None,
+) -> Proc:
+    path = os.path.join(run_dir, f"{tag}.yaml")
+    with open(path, "w") as f:
+        f.write(config_text(port, upstream, key, limits))
+    proc = Proc(tag, argv + ["serve", "-c", path], os.path.join(run_dir, f"{tag}.log"), env=env, cwd=run_dir)
+    t = targets.Target(tag, port, proc=proc, key=key)
+    why = targets.wait_ready(t, 30)
+    if why:
+        proc.stop()
+        sys.exit(f"{tag} did not start: {why}")
+    return proc
+
+
+def ns_load(port: int, key: str, conc: int, duration: float) -> float:
+    """Requests/s of a non-streaming load (wrk when installed, else bench/loadgen.py)."""
+    wrk = shutil.which("wrk")
+    if wrk:
+        argv = [
+            wrk,
+            "-t1",
+            f"-c{conc}",
+            f"-d{max(1, round(duration))}s",
+            "--timeout",
+            "10s",
+            "-s",
+            os.path.join(HERE, "post.lua"),
+            f"http://127.0.0.1:{port}/v1/chat/completions",
+        ]
+        env = dict(os.environ, BENCH_KEY=key, BENCH_TOKENS="16")
+        out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=duration + 30).stdout
+        line = next(x for x in out.splitlines() if x.startswith("BENCHJSON "))
+        d = json.loads(line[len("BENCHJSON ") :])
+        errors = sum(d["errors"].values())
+        if errors:
+            log(f"  warning: {errors} errors ({d['errors']})")
+        return float(d["requests"]) / (d["duration_us"] / 1e6)
+    argv = [
+        sys.executable,
+        os.path.join(HERE, "loadgen.py"),
+        "ns",
+        "--port",
+        str(port),
+        "--auth",
+        key,
+        "-c",
+        str(conc),
+        "--duration",
+        str(duration),
+        "--chunks",
+        "16",
+    ]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40).stdout
+    return float(json.loads(out.strip().splitlines()[-1])["rps"])
+
+
+async def burst(ports: list[int], key: str, per_gateway: int) -> dict[str, int]:
+    """per_gateway requests to each port, all sent at once; counts of each status."""
+    import aiohttp
+
+    body = {"model": "fake", "messages": [{"role": "user", "content": "hi"}], "stream": False, "fake_chunks": 2}
+    headers = {"Authorization": f"Bearer {key}"}
+    counts: dict[str, int] = {}
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=60)) as http:
+
+        async def one(port: int) -> None:
+            try:
+                async with http.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions", json=body, headers=headers
+                ) as resp:
+                    await resp.read()
+                    status = str(resp.status)
+            except (TimeoutError, aiohttp.ClientError) as exc:
+                status = type(exc).__name__
+            counts[status] = counts.get(status, 0) + 1
+
+        await asyncio.gather(*(one(p) for p in ports for _ in range(per_gateway)))
+    return counts
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved throughput rounds")
+    ap.add_argument("--duration", type=float, default=3.0, help="seconds per load")
+    ap.add_argument("--conc", type=int, default=64, help="concurrent connections of the load")
+    ap.add_argument("--burst", type=int, default=1000, help="overshoot: requests sent to each of the two gateways")
+    ap.add_argument("--gateway-cmd", default=None, help="command that starts the gateway CLI (default: found)")
+    a = ap.parse_args()
+    redis_bin = shutil.which("redis-server") or (
+        "/usr/bin/redis-server" if os.path.exists("/usr/bin/redis-server") else None
+    )
+    if redis_bin is None:
+        sys.exit("redis-server is not installed (Debian: apt-get install redis-server)")
+    argv, env, how = targets.resolve_gateway(a.gateway_cmd)
+    if argv is None:
+        sys.exit(how)
+    run_dir = tempfile.mkdtemp(prefix="bench-limits-shared-")
+    key = "sk-bench-" + secrets.token_hex(16)
+    procs: list[Proc] = []
+    try:
+        redis_port, backend_port = free_port(), free_port()
+        redis = Proc(
+            "redis",
+            [redis_bin, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            os.path.join(run_dir, "redis.log"),
+        )
+        procs.append(redis)
+        backend = targets.start_backend(backend_port, run_dir, None, "limits")
+        if isinstance(backend, str):
+            sys.exit(backend)
+        procs.append(backend)
+        redis_url = f"redis://127.0.0.1:{redis_port}/0"
+        high = {"requests_per_minute": 10_000_000, "tokens_per_minute": 1_000_000_000, "tokens_per_day": 10_000_000_000}
+        variants: dict[str, dict[str, Any] | None] = {
+            "limits off": None,
+            "limits on, SQLite leases (no redis_url)": {"default": high, "state_path": "state.sqlite3"},
+            "limits on, Redis": {"default": high, "redis_url": redis_url},
+        }
+        ports = {name: free_port() for name in variants}
+        for i, (name, limits) in enumerate(variants.items()):
+            procs.append(start_gateway(argv, env, run_dir, f"gw{i}", ports[name], backend_port, key, limits))
+        log(f"throughput: {a.rounds} rounds x {len(variants)} gateways, {a.duration:g} s each at c={a.conc}")
+        rps: dict[str, list[float]] = {name: [] for name in variants}
+        for r in range(a.rounds):
+            for name in variants:
+                rps[name].append(ns_load(ports[name], key, a.conc, a.duration))
+                log(f"  round {r + 1}: {name}: {rps[name][-1]:.0f} req/s")
+        for p in procs[2:]:
+            p.stop()
+        del procs[2:]
+
+        # Overshoot: two gateways, one Redis, 600 a minute, a burst at both at once.
+        limit = 600
+        one, two = free_port(), free_port()
+        shared = {"default": {"requests_per_minute": limit}, "redis_url": redis_url}
+        procs.append(start_gateway(argv, env, run_dir, "burst1", one, backend_port, key, shared))
+        procs.append(start_gateway(argv, env, run_dir, "burst2", two, backend_port, key, shared))
+        # wait_ready sent one request to each: start the burst in a fresh minute so that all of it
+        # lands in one window (a burst across a minute boundary may rightly get 2 x 600).
+        wait = 60.0 - time.time() % 60.0
+        log(f"overshoot: waiting {wait:.0f} s for the next minute, then 2 x {a.burst} requests at once")
+        time.sleep(wait + 0.2)
+        t0 = time.monotonic()
+        counts = asyncio.run(burst([one, two], key, a.burst))
+        took = time.monotonic() - t0
+        ok = counts.get("200", 0)
+        off = statistics.median(rps["limits off"])
+        print("\n## Shared limits (bench/limits_shared.py)\n")
+        print(
+            f"load: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py'}, c={a.conc}, {a.duration:g} s per load, "
+            f"{a.rounds} interleaved rounds, median; {os.cpu_count()} CPUs, no pinning\n"
+        )
+        print("| gateway | requests/s (median) | ÷ limits off |")
+        print("| --- | ---: | ---: |")
+        for name, values in rps.items():
+            med = statistics.median(values)
+            print(f"| {name} | {med:,.0f} | {med / off:.3f} |")
+        print(
+            f"\nOvershoot: two gateways sharing one Redis, requests_per_minute: {limit}, 2 x {a.burst} requests "
+            f"at once: **{ok} admitted** (limit {limit}; {ok - limit:+d}), statuses {dict(sorted(counts.items()))}, "
+            f"{took:.1f} s."
+        )
+        return 0
+    finally:
+        for p in reversed(procs):
+            p.stop()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
