@@ -34,7 +34,7 @@ import time
 from typing import Any
 
 import targets
-from sysmon import Proc
+from sysmon import Proc, cpu_s
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -83,8 +83,8 @@ def start_gateway(
     return proc
 
 
-def ns_load(port: int, key: str, conc: int, duration: float) -> float:
-    """Requests/s of a non-streaming load (wrk when installed, else bench/loadgen.py)."""
+def ns_load(port: int, key: str, conc: int, duration: float) -> tuple[float, int]:
+    """(requests/s, requests) of a non-streaming load (wrk when installed, else bench/loadgen.py)."""
     wrk = shutil.which("wrk")
     if wrk:
         argv = [
@@ -105,7 +105,7 @@ def ns_load(port: int, key: str, conc: int, duration: float) -> float:
         errors = sum(d["errors"].values())
         if errors:
             log(f"  warning: {errors} errors ({d['errors']})")
-        return float(d["requests"]) / (d["duration_us"] / 1e6)
+        return float(d["requests"]) / (d["duration_us"] / 1e6), int(d["requests"])
     argv = [
         sys.executable,
         os.path.join(HERE, "loadgen.py"),
@@ -122,7 +122,8 @@ def ns_load(port: int, key: str, conc: int, duration: float) -> float:
         "16",
     ]
     out = subprocess.run(argv, capture_output=True, text=True, timeout=duration + 40).stdout
-    return float(json.loads(out.strip().splitlines()[-1])["rps"])
+    d = json.loads(out.strip().splitlines()[-1])
+    return float(d["rps"]), int(d["requests"])
 
 
 async def burst(ports: list[int], key: str, per_gateway: int) -> dict[str, int]:
@@ -193,10 +194,16 @@ def main() -> int:
             procs.append(start_gateway(argv, env, run_dir, f"gw{i}", ports[name], backend_port, key, limits))
         log(f"throughput: {a.rounds} rounds x {len(variants)} gateways, {a.duration:g} s each at c={a.conc}")
         rps: dict[str, list[float]] = {name: [] for name in variants}
+        cpu_us: dict[str, list[float]] = {name: [] for name in variants}  # gateway CPU per request
+        gateways = dict(zip(variants, procs[2:], strict=True))
         for r in range(a.rounds):
             for name in variants:
-                rps[name].append(ns_load(ports[name], key, a.conc, a.duration))
-                log(f"  round {r + 1}: {name}: {rps[name][-1]:.0f} req/s")
+                before = cpu_s(gateways[name].pids())
+                rate, count = ns_load(ports[name], key, a.conc, a.duration)
+                used = cpu_s(gateways[name].pids()) - before
+                rps[name].append(rate)
+                cpu_us[name].append(used / max(count, 1) * 1e6)
+                log(f"  round {r + 1}: {name}: {rate:.0f} req/s, {cpu_us[name][-1]:.0f} us CPU per request")
         for p in procs[2:]:
             p.stop()
         del procs[2:]
@@ -222,11 +229,16 @@ def main() -> int:
             f"load: {'wrk' if shutil.which('wrk') else 'bench/loadgen.py'}, c={a.conc}, {a.duration:g} s per load, "
             f"{a.rounds} interleaved rounds, median; {os.cpu_count()} CPUs, no pinning\n"
         )
-        print("| gateway | requests/s (median) | ÷ limits off |")
-        print("| --- | ---: | ---: |")
+        off_cpu = statistics.median(cpu_us["limits off"])
+        print("| gateway | requests/s (median) | ÷ limits off | gateway CPU per request (median) | off ÷ this |")
+        print("| --- | ---: | ---: | ---: | ---: |")
         for name, values in rps.items():
-            med = statistics.median(values)
-            print(f"| {name} | {med:,.0f} | {med / off:.3f} |")
+            med, cpu = statistics.median(values), statistics.median(cpu_us[name])
+            print(f"| {name} | {med:,.0f} | {med / off:.3f} | {cpu:.0f} µs | {off_cpu / cpu:.3f} |")
+        print(
+            "\nOn a shared machine requests/s swings with other load; CPU per request (utime + stime of the "
+            "gateway process / requests served) is the steadier measure of what limits cost."
+        )
         print(
             f"\nOvershoot: two gateways sharing one Redis, requests_per_minute: {limit}, 2 x {a.burst} requests "
             f"at once: **{ok} admitted** (limit {limit}; {ok - limit:+d}), statuses {dict(sorted(counts.items()))}, "
