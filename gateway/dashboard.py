@@ -126,11 +126,14 @@ class _Snapshots:
             # Workers' values live in files; only the registry's collector merges them.
             families = list(metrics.registry.collect())
         else:
-            families = [*metrics.upstream_errors.collect(), *metrics.auth_failures.collect()]
+            families = [
+                *metrics.upstream_errors.collect(), *metrics.auth_failures.collect(), *metrics.rate_limited.collect()
+            ]
         samples = [s for family in families for s in family.samples]
         return {
             "upstream_errors": _by_label(samples, "gateway_upstream_errors_total", "backend", "reason"),
             "auth_failures": _by_label(samples, "gateway_auth_failures_total", "reason"),
+            "rate_limited": _by_label(samples, "gateway_rate_limited_total", "client", "limit"),
         }
 
 

@@ -11,6 +11,7 @@ import asyncio
 import hashlib
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,11 +19,14 @@ import anthropic
 import ollama
 import openai
 import pytest
+import yaml
 
 from gateway.limits import WindowLengths
 
 from .conftest import BackendFactory, GatewayFactory, RunningGateway, backend_entry
 from .fakes import PROMPT_TOKENS, FakeBackend
+from .test_limits_unit import UndecidedStore
+from .test_serve import running
 
 ALICE_KEY = "sk-alice-0123456789abcdef0123456789"
 BOB_KEY = "sk-bob-0123456789abcdef0123456789abc"
@@ -449,3 +453,47 @@ async def test_no_limits_no_limiter(single: tuple[FakeBackend, RunningGateway]) 
         assert resp.status == 200
         assert "x-ratelimit-limit-requests" not in resp.headers
         assert json.loads((await resp.read()).splitlines()[-1])["done"] is True
+
+
+async def test_workers_count_refusals_in_one_view(tmp_path: Path, backend_factory: BackendFactory) -> None:
+    """``--workers 2``: every worker enforces the limit and the scrape of any one counts all refusals."""
+    backend = await backend_factory("desktop", models=["m:latest"])
+    config = tmp_path / "g.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {"backends": [{"name": "desktop", "url": backend.url}], "limits": {"default": {"requests_per_minute": 1}}}
+        )
+    )
+    async with running("serve", "-c", str(config), "--workers", "2", cwd=tmp_path, env={}) as (url, _):
+        refused = 0
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            for _ in range(6):  # new connections: the kernel spreads them over both workers
+                async with http.post(f"{url}/api/generate", json={"model": "m", "stream": False}) as resp:
+                    assert resp.status in (200, 429)
+                    refused += resp.status == 429
+                    if resp.status == 429:
+                        assert (await resp.json())["error"].startswith(
+                            "rate limit exceeded for 'anonymous' (127.0.0.1)"
+                        )
+            assert refused >= 2  # at most one admitted per worker and minute (two if a minute ends mid-test)
+            for _ in range(4):  # whichever worker answers the scrape reports the whole gateway
+                async with http.get(f"{url}/metrics") as resp:
+                    text = await resp.text()
+                line = 'gateway_rate_limited_total{client="anonymous",limit="requests_per_minute"}'
+                assert f"{line} {float(refused)}" in text
+
+
+async def test_a_store_that_needs_a_round_trip_is_awaited(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    _, gw, _ = await limited(backend_factory, gateway_factory, {"requests_per_minute": 2})
+    assert gw.state.limiter is not None
+    store = gw.state.limiter.store = UndecidedStore()
+    async with oai(gw) as client:
+        raw = await client.chat.completions.with_raw_response.create(**chat())
+        assert raw.headers["x-ratelimit-remaining-requests"] == "1"
+        await client.chat.completions.create(**chat())
+        with pytest.raises(openai.RateLimitError) as caught:
+            await client.chat.completions.create(**chat())
+    assert caught.value.response.headers["Retry-After"] == "23"
+    assert store.slow_takes == 3

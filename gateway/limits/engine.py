@@ -53,17 +53,40 @@ def has_limits(limits: RateLimits) -> bool:
 class ClientUsage:
     """One client's current windows and in-flight count in this process. Must not be copied."""
 
-    __slots__ = ("day_end", "in_flight", "key", "label", "limits", "minute_end", "rpd", "rpm", "shown", "tpd", "tpm")
+    __slots__ = ("_resets", "day_end", "in_flight", "key", "label", "limits", "minute_end", "rpd", "rpm", "shown",
+                 "texts", "tpd", "tpm")  # fmt: skip
 
     def __init__(self, key: str, label: str, shown: str, limits: RateLimits) -> None:
         self.key = key  # store key part: the configured name, or "@<address>"
         self.label = label  # metric label: the configured name or "anonymous"
         self.shown = shown  # in messages: 'alice' or 'anonymous' (127.0.0.1)
         self.limits = limits
+        self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute), str(limits.tokens_per_day))
         self.in_flight = 0
         self.minute_end = 0.0  # the windows below are rebuilt when the clock passes these
         self.day_end = 0.0
         self.rpm = self.tpm = self.tpd = self.rpd = _NO_WINDOW
+        # The last reset written per window end: the text changes once a second, not per request.
+        self._resets: dict[float, tuple[int, str]] = {}
+
+    def set_limits(self, limits: RateLimits) -> None:
+        """New limits (a reload): fresh windows on the next request, the same counters."""
+        self.limits = limits
+        self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute), str(limits.tokens_per_day))
+        self.minute_end = self.day_end = 0.0
+
+    def reset_text(self, end: float, now: float) -> str:
+        """``format_reset(end - now)``, reusing the text while the whole seconds are the same."""
+        wait = end - now
+        whole = math.ceil(wait - 1e-9)
+        known = self._resets.get(end)
+        if known is not None and known[0] == whole and wait >= 1:
+            return known[1]
+        text = format_reset(wait)
+        if len(self._resets) > 4:  # only the current minute's and day's ends are ever asked for
+            self._resets.clear()
+        self._resets[end] = (whole, text)
+        return text
 
     def roll(self, now: float, lengths: WindowLengths) -> None:
         """Point the windows at the ones holding ``now`` (once per window, not per request)."""
@@ -147,20 +170,19 @@ class Limiter:
         if limits.max_concurrent and client.in_flight >= limits.max_concurrent:
             self._refuse(client, MAX_CONCURRENT, 1.0, f"max_concurrent={limits.max_concurrent} "
                          f"({client.in_flight} in progress); retry when one finishes", now)  # fmt: skip
-        pending = None
         rpm = limits.requests_per_minute
         if rpm:
             taken = store.try_take(client.rpm)
-            if taken is False:
+            if taken is None:  # a shared store's lease cannot decide: ``settle`` asks the store
+                client.in_flight += 1
+                return Admission(client, None, client.rpm, now)
+            if not taken:
                 self._refuse(client, REQUESTS_PER_MINUTE, client.minute_end - now, f"requests_per_minute={rpm}", now)
-            if taken is None:
-                pending = client.rpm
         client.in_flight += 1
-        if pending is not None:
-            return Admission(client, None, pending, now)
         store.charge(client.rpd, 1)
-        headers = self._headers(client, now) if rpm or tpm or tpd else None
-        return Admission(client, headers, None, now)
+        if not (rpm or tpm or tpd):
+            return Admission(client, None, None, now)
+        return Admission(client, self._headers(client, now, day_used, minute_used), None, now)
 
     async def settle(self, admission: Admission) -> None:
         """Decide a pending admission against the shared store; raises ``TooManyRequests`` if refused."""
@@ -180,7 +202,7 @@ class Limiter:
                          f"requests_per_minute={window.limit}", now)  # fmt: skip
         admission.pending = None
         self.store.charge(client.rpd, 1)
-        admission.headers = self._headers(client, now)
+        admission.headers = self._headers(client, now, *self._tokens_used(client))
 
     def finish(self, admission: Admission, rec: RequestRecord) -> None:
         """The request is over: free its slot, charge its tokens (as the metrics count them)."""
@@ -197,39 +219,38 @@ class Limiter:
 
     # ----------------------------------------------------------------------- answers
 
-    def _headers(self, client: ClientUsage, now: float) -> dict[str, str]:
+    def _tokens_used(self, client: ClientUsage) -> tuple[int, int]:
+        """(today's, this minute's) tokens, 0 for a budget the client does not have."""
+        limits, store = client.limits, self.store
+        day = store.used(client.tpd) if limits.tokens_per_day else 0
+        return day, store.used(client.tpm) if limits.tokens_per_minute else 0
+
+    def _headers(self, client: ClientUsage, now: float, day_used: int, minute_used: int) -> dict[str, str]:
         """OpenAI's ``x-ratelimit-*`` for the limits the client has (after counting this request).
 
         The ``-tokens`` trio describes whichever token budget has less left (per minute or per day).
         """
-        limits, store = client.limits, self.store
+        limits = client.limits
         headers: dict[str, str] = {}
         rpm = limits.requests_per_minute
         if rpm:
-            headers["x-ratelimit-limit-requests"] = str(rpm)
-            headers["x-ratelimit-remaining-requests"] = str(max(rpm - store.used(client.rpm), 0))
-            headers["x-ratelimit-reset-requests"] = format_reset(client.minute_end - now)
-        budget = self._token_budget(client)
-        if budget is not None:
-            limit, remaining, end = budget
-            headers["x-ratelimit-limit-tokens"] = str(limit)
-            headers["x-ratelimit-remaining-tokens"] = str(remaining)
-            headers["x-ratelimit-reset-tokens"] = format_reset(end - now)
+            headers["x-ratelimit-limit-requests"] = client.texts[0]
+            left = rpm - self.store.used(client.rpm)
+            headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
+            headers["x-ratelimit-reset-requests"] = client.reset_text(client.minute_end, now)
+        tpm, tpd = limits.tokens_per_minute, limits.tokens_per_day
+        if tpm or tpd:
+            minute_left = tpm - minute_used
+            day_left = tpd - day_used
+            if tpd and (not tpm or day_left < minute_left):
+                headers["x-ratelimit-limit-tokens"] = client.texts[2]
+                headers["x-ratelimit-remaining-tokens"] = str(day_left) if day_left > 0 else "0"
+                headers["x-ratelimit-reset-tokens"] = client.reset_text(client.day_end, now)
+            else:
+                headers["x-ratelimit-limit-tokens"] = client.texts[1]
+                headers["x-ratelimit-remaining-tokens"] = str(minute_left) if minute_left > 0 else "0"
+                headers["x-ratelimit-reset-tokens"] = client.reset_text(client.minute_end, now)
         return headers
-
-    def _token_budget(self, client: ClientUsage) -> tuple[int, int, float] | None:
-        """(limit, remaining, window end) of the token budget with less left, or None without one."""
-        limits, store = client.limits, self.store
-        best: tuple[int, int, float] | None = None
-        if limits.tokens_per_minute:
-            limit = limits.tokens_per_minute
-            best = (limit, max(limit - store.used(client.tpm), 0), client.minute_end)
-        if limits.tokens_per_day:
-            limit = limits.tokens_per_day
-            remaining = max(limit - store.used(client.tpd), 0)
-            if best is None or remaining < best[1]:
-                best = (limit, remaining, client.day_end)
-        return best
 
     def _refuse_tokens(self, client: ClientUsage, now: float, day_used: int, minute_used: int) -> NoReturn:
         """A spent token budget: wait for the later of the spent windows to end."""
@@ -243,7 +264,7 @@ class Limiter:
     def _refuse(self, client: ClientUsage, limit: str, wait: float, detail: str, now: float) -> NoReturn:
         if self._on_refused is not None:
             self._on_refused(client.label, limit)
-        headers = self._headers(client, now)
+        headers = self._headers(client, now, *self._tokens_used(client))
         seconds = retry_after_seconds(wait)
         headers["Retry-After"] = str(seconds)
         headers["retry-after-ms"] = str(max(math.ceil(wait * 1000), 1))  # OpenAI's and Anthropic's SDKs wait this
@@ -264,8 +285,7 @@ class Limiter:
         """A new client entry, or a known one whose limits changed (reload): fresh windows, same counters."""
         known = self._clients.get(key)
         if known is not None:
-            known.limits = limits
-            known.minute_end = known.day_end = 0.0
+            known.set_limits(limits)
             return known
         if len(self._clients) >= MAX_CLIENTS:
             self._forget_idle()

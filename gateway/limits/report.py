@@ -8,35 +8,31 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ApiKeyConfig, BasicUserConfig, GatewayConfig, RateLimits
-from .engine import Limiter, has_limits
+from .engine import Limiter
 
-__all__ = ["describe_limits", "effective_limit_lines", "readiness", "status_page"]
+__all__ = ["LIMIT_KEYS", "describe_limits", "effective_limit_lines", "readiness", "status_page"]
+
+LIMIT_KEYS = ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent", "max_queued")
 
 
 def describe_limits(limits: RateLimits) -> str:
-    """``requests_per_minute=60 tokens_per_minute=unlimited ...`` (every key, 0 shown as unlimited)."""
-    parts = []
-    for key in ("requests_per_minute", "tokens_per_minute", "tokens_per_day", "max_concurrent", "max_queued"):
-        value = getattr(limits, key)
-        parts.append(f"{key}={value if value else 'unlimited'}")
-    return " ".join(parts)
+    """``requests_per_minute=60 tokens_per_day=2000000`` (the keys that limit), or ``unlimited``."""
+    parts = [f"{key}={value}" for key in LIMIT_KEYS if (value := getattr(limits, key))]
+    return " ".join(parts) or "unlimited"
 
 
 def effective_limit_lines(config: GatewayConfig) -> list[str]:
     """One line per client with its effective limits (its own, else ``limits.default``) and share."""
     default = config.limits.default
     if config.auth is None:
-        scope = "per source address (IPv6: per /64)"
-        return [f"limits: anonymous callers, {scope}: {describe_limits(default)}"]
+        return [f"limits: anonymous callers, each source address (IPv6: each /64): {describe_limits(default)}"]
     lines = [f"limits: default: {describe_limits(default)}"]
     entries: tuple[ApiKeyConfig | BasicUserConfig, ...] = (*config.auth.api_keys, *config.auth.basic_users)
     for entry in entries:
         kind = "key" if isinstance(entry, ApiKeyConfig) else "user"
-        own = "own" if entry.limits is not None else "default"
+        whose = "its own" if entry.limits is not None else "the default"
         limits = entry.limits or default
-        lines.append(f"limits: {kind} '{entry.name}' ({own}): {describe_limits(limits)} share={entry.share:g}")
-    if not has_limits(default) and not any(e.limits is not None and has_limits(e.limits) for e in entries):
-        lines.append("limits: no client has a limit: nothing is enforced")
+        lines.append(f"limits: {kind} '{entry.name}' ({whose}): {describe_limits(limits)}, share {entry.share:g}")
     return lines
 
 
