@@ -2,8 +2,9 @@
 
 Each window is one integer key, ``gateway:limits:<window key>``, that expires a minute after its
 window ends. Leases and charges are Lua scripts, so a grant's read-compare-increment is atomic
-across replicas; a charge batch is one script call for all its keys. The ``redis`` package is an
-optional dependency, imported here only (``configfile`` refuses ``redis_url`` without it).
+across replicas; a round of grants, or of charges, is one script call for all its keys. The
+``redis`` package is an optional dependency, imported here only (``configfile`` refuses
+``redis_url`` without it).
 
 Timeouts are short and the client does not retry by itself: a stopped Redis must be noticed in
 about a second and handled by ``shared.SharedStore`` (local counters or 503, reconnect with backoff).
@@ -19,17 +20,21 @@ KEY_PREFIX = "gateway:limits:"
 EXPIRY_GRACE_MS = 60_000  # a replica whose clock is behind still finds the window it counts in
 TIMEOUT = 1.0  # seconds for a connect or a command
 
-# KEYS[1] window; ARGV limit, want, expire-at (ms). Returns {granted, count after}.
+# KEYS windows; ARGV limit, want, expire-at (ms) per key. Returns {granted, count after} per key.
 GRANT = """
-local used = tonumber(redis.call('GET', KEYS[1]) or '0')
-local granted = math.min(tonumber(ARGV[2]), tonumber(ARGV[1]) - used)
-if granted > 0 then
-  used = redis.call('INCRBY', KEYS[1], granted)
-  if redis.call('PTTL', KEYS[1]) < 0 then redis.call('PEXPIREAT', KEYS[1], ARGV[3]) end
-else
-  granted = 0
+local out = {}
+for i, key in ipairs(KEYS) do
+  local used = tonumber(redis.call('GET', key) or '0')
+  local granted = math.min(tonumber(ARGV[3 * i - 1]), tonumber(ARGV[3 * i - 2]) - used)
+  if granted > 0 then
+    used = redis.call('INCRBY', key, granted)
+    if redis.call('PTTL', key) < 0 then redis.call('PEXPIREAT', key, ARGV[3 * i]) end
+  else
+    granted = 0
+  end
+  out[i] = {granted, used}
 end
-return {granted, used}
+return out
 """
 
 # KEYS windows; ARGV amount, expire-at (ms) per key. Returns the counts after.
@@ -93,9 +98,12 @@ class RedisCounters:
                 out[name.removeprefix(KEY_PREFIX)] = (int(count), now + (ttl - EXPIRY_GRACE_MS) / 1000)
         return out
 
-    async def grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
-        granted, used = await self._grant(keys=[KEY_PREFIX + key], args=[limit, want, _expire_ms(expires_at)])
-        return int(granted), int(used)
+    async def grant(self, items: list[tuple[str, int, int, float]]) -> list[tuple[int, int]]:
+        args: list[int] = []
+        for _, limit, want, expires_at in items:
+            args += (limit, want, _expire_ms(expires_at))
+        answers = await self._grant(keys=[KEY_PREFIX + key for key, _, _, _ in items], args=args)
+        return [(int(granted), int(used)) for granted, used in answers]
 
     async def add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
         args: list[int] = []

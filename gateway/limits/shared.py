@@ -2,9 +2,9 @@
 
 ``SharedStore`` implements the counter-store protocol (``store.py``) for any ``SharedCounters``: the
 request path only touches the in-process ``LeaseBook`` (``try_take``, ``used``, ``charge``: no
-I/O); refills run as tasks started ahead of need (one per window at a time, concurrent callers of
-``take`` share it); charges and read-backs go out together once per ``sync_interval`` from one
-background task.
+I/O). Refills start ahead of need, when a lease is half spent; they go out in rounds, one round
+trip for every window that ran low meanwhile, and callers of ``take`` wait for their window's
+round. Charges and read-backs go out together once per ``sync_interval`` from one background task.
 
 When the shared backend fails, the store says so once in the log, in ``status()`` (``/readyz``, the
 ``gateway_limits_store_up`` gauge), and then either keeps counting locally (``on_error="allow"``)
@@ -48,8 +48,9 @@ class SharedCounters(Protocol):
         """Every live window: key -> (count, expires_at)."""
         ...
 
-    async def grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
-        """Atomically lease up to ``want`` of what is left under ``limit``: (granted, new count)."""
+    async def grant(self, items: list[tuple[str, int, int, float]]) -> list[tuple[int, int]]:
+        """For each (key, limit, want, expires_at), atomically lease up to ``want`` of what is left
+        under ``limit``: (granted, new count) each, in one round trip."""
         ...
 
     async def add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
@@ -81,8 +82,12 @@ class SharedStore:
         self.entries = self.book.entries  # the same dict, one attribute lookup less per request
         self.up = False
         self.detail = f"{counters.name}: not started"
-        self._refills: dict[str, asyncio.Task[None]] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
+        # Refills are sent in rounds: every window that runs low while a round is on its way joins
+        # the next one, so a busy gateway makes one round trip for many windows, not one each.
+        self._queued: list[tuple[str, Entry, int]] = []
+        self._next_round: asyncio.Future[None] | None = None  # resolved when the queued refills are in
+        self._refills: dict[str, asyncio.Future[None]] = {}  # window key -> the round refilling it
+        self._granter: asyncio.Task[None] | None = None
         self._sync_task: asyncio.Task[None] | None = None
         self._reconnect: asyncio.Task[None] | None = None
         self._retry_at = 0.0
@@ -106,7 +111,7 @@ class SharedStore:
         self._sync_task = asyncio.create_task(self._sync_forever())
 
     async def close(self) -> None:
-        tasks = [t for t in (self._sync_task, self._reconnect, *self._refills.values(), *self._tasks) if t]
+        tasks = [t for t in (self._sync_task, self._reconnect, self._granter) if t]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -162,9 +167,9 @@ class SharedStore:
             # The lease is too small and the window not spent: wait for a refill (one per window,
             # shared by every waiter), then spend again; others may have spent it first.
             self._refill(w.key, self._entry(w), amount)
-            task = self._refills.get(w.key)
-            if task is not None:
-                await asyncio.shield(task)
+            round_ = self._refills.get(w.key)
+            if round_ is not None:
+                await asyncio.shield(round_)
 
     def used(self, w: Window) -> int:
         if not self.up:
@@ -190,24 +195,43 @@ class SharedStore:
         if e.refilling or e.exhausted:
             return
         e.refilling = True
-        task = asyncio.create_task(self._do_refill(key, e, LeaseBook.want(e, amount)))
-        self._refills[key] = task
+        self._queued.append((key, e, LeaseBook.want(e, amount)))
+        if self._next_round is None:
+            self._next_round = asyncio.get_running_loop().create_future()
+        self._refills[key] = self._next_round
+        if self._granter is None:
+            self._granter = asyncio.create_task(self._grant_rounds())
 
-    async def _do_refill(self, key: str, e: Entry, want: int) -> None:
+    async def _grant_rounds(self) -> None:
         try:
-            if self.up:
+            while self._queued:
+                batch, self._queued = self._queued, []
+                done, self._next_round = self._next_round, None
                 try:
-                    granted, total = await self.counters.grant(key, e.limit, want, e.expires_at)
-                except Exception as exc:  # noqa: BLE001
-                    self._went_down(exc)
-                else:
-                    LeaseBook.granted(e, want, granted, total)
-                    return
-            if self.on_error == "allow":
-                LeaseBook.grant_locally(e, want)
+                    await self._grant(batch)
+                finally:
+                    for key, e, _ in batch:
+                        e.refilling = False
+                        if self._refills.get(key) is done:
+                            del self._refills[key]
+                    if done is not None and not done.done():
+                        done.set_result(None)
         finally:
-            e.refilling = False
-            self._refills.pop(key, None)
+            self._granter = None
+
+    async def _grant(self, batch: list[tuple[str, Entry, int]]) -> None:
+        if self.up:
+            try:
+                answers = await self.counters.grant([(key, e.limit, want, e.expires_at) for key, e, want in batch])
+            except Exception as exc:  # noqa: BLE001
+                self._went_down(exc)
+            else:
+                for (_, e, want), (granted, total) in zip(batch, answers, strict=True):
+                    LeaseBook.granted(e, want, granted, total)
+                return
+        if self.on_error == "allow":
+            for _, e, want in batch:
+                LeaseBook.grant_locally(e, want)
 
     async def _sync_forever(self) -> None:
         next_prune = time.monotonic() + PRUNE_INTERVAL

@@ -90,21 +90,23 @@ class SqliteCounters:
         rows = self._db_or_open().execute("SELECT key, used, expires_at FROM counters WHERE expires_at > ?", (now,))
         return {key: (int(used), float(exp)) for key, used, exp in rows}
 
-    def _grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
+    def _grant(self, items: list[tuple[str, int, int, float]]) -> list[tuple[int, int]]:
         self._needed = True
         db = self._db_or_open()
+        out = []
         db.execute("BEGIN IMMEDIATE")
         try:
-            row = db.execute("SELECT used FROM counters WHERE key = ?", (key,)).fetchone()
-            used = int(row[0]) if row else 0
-            granted = max(0, min(want, limit - used))
-            if granted:
-                db.execute(UPSERT, (key, granted, expires_at))
+            for key, limit, want, expires_at in items:
+                used = self._count(db, key)
+                granted = max(0, min(want, limit - used))
+                if granted:
+                    db.execute(UPSERT, (key, granted, expires_at))
+                out.append((granted, used + granted))
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        return granted, used + granted
+        return out
 
     def _add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
         self._needed = True
@@ -162,8 +164,8 @@ class SqliteCounters:
     async def load(self, now: float) -> dict[str, tuple[int, float]]:
         return self._load(now)
 
-    async def grant(self, key: str, limit: int, want: int, expires_at: float) -> tuple[int, int]:
-        return self._grant(key, limit, want, expires_at)
+    async def grant(self, items: list[tuple[str, int, int, float]]) -> list[tuple[int, int]]:
+        return self._grant(items)
 
     async def add(self, items: list[tuple[str, int, float]]) -> dict[str, int]:
         return self._add(items)
