@@ -234,3 +234,23 @@ async def test_redis_unreachable_at_start_is_reported_and_joined_later(redis: Re
         await eventually(lambda: store.status()[0])
     finally:
         await store.close()
+
+
+async def test_refills_of_many_windows_share_one_round_trip(tmp_path: Path) -> None:
+    rounds: list[int] = []
+
+    class Counted(SqliteCounters):
+        async def grant(self, items: list[tuple[str, int, int, float]]) -> list[tuple[int, int]]:
+            rounds.append(len(items))
+            return await super().grant(items)
+
+    store = SharedStore(Counted(str(tmp_path / "state.sqlite3")), sync_interval=FAST_SYNC)
+    await store.start()
+    try:
+        windows = [window(f"rpm:client{i}:1", 600) for i in range(50)]
+        assert all(store.try_take(w) is None for w in windows)  # 50 windows, nothing leased yet
+        assert await asyncio.gather(*(store.take(w) for w in windows)) == [True] * 50
+        assert rounds == [50]  # one transaction for all of them
+        assert all(store.book.entries[w.key].left == 29 for w in windows)  # a batch of 30 each, one spent
+    finally:
+        await store.close()
