@@ -52,11 +52,11 @@ def log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
 
-def config_text(port: int, upstream: int, key: str, limits: dict[str, Any] | None) -> str:
+def config_text(port: int, upstream: int, key: str, limits: dict[str, Any] | None, name: str = "bench") -> str:
     doc: dict[str, Any] = {
         "server": {"host": "127.0.0.1", "port": port},
         "backends": [{"name": "vllm-box", "url": f"http://127.0.0.1:{upstream}", "type": "vllm", "models": ["fake"]}],
-        "auth": {"api_keys": [{"name": "bench", "hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest()}]},
+        "auth": {"api_keys": [{"name": name, "hash": "sha256:" + hashlib.sha256(key.encode()).hexdigest()}]},
         "logging": {"level": "warning"},
     }
     if limits is not None:
@@ -73,10 +73,11 @@ def start_gateway(
     upstream: int,
     key: str,
     limits: dict[str, Any] | None,
+    name: str = "bench",
 ) -> Proc:
     path = os.path.join(run_dir, f"{tag}.yaml")
     with open(path, "w") as f:
-        f.write(config_text(port, upstream, key, limits))
+        f.write(config_text(port, upstream, key, limits, name))
     proc = Proc(tag, argv + ["serve", "-c", path], os.path.join(run_dir, f"{tag}.log"), env=env, cwd=run_dir)
     t = targets.Target(tag, port, proc=proc, key=key)
     why = targets.wait_ready(t, 30)
@@ -252,8 +253,9 @@ def main() -> int:
         limit = 600
         one, two = free_port(), free_port()
         shared = {"default": {"requests_per_minute": limit}, "redis_url": redis_url}
-        procs.append(start_gateway(argv, env, run_dir, "burst1", one, backend_port, key, shared))
-        procs.append(start_gateway(argv, env, run_dir, "burst2", two, backend_port, key, shared))
+        # Another client name: the throughput loads' counts of this minute are in the same Redis.
+        procs.append(start_gateway(argv, env, run_dir, "burst1", one, backend_port, key, shared, "burst"))
+        procs.append(start_gateway(argv, env, run_dir, "burst2", two, backend_port, key, shared, "burst"))
         # wait_ready sent one request to each: start the burst in a fresh minute so that all of it
         # lands in one window (a burst across a minute boundary may rightly get 2 x 600).
         wait = 60.0 - time.time() % 60.0

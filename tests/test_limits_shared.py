@@ -273,10 +273,12 @@ async def test_redis_stopped_under_deny_answers_503_in_each_dialect_then_recover
     backend_factory: BackendFactory, gateway_factory: GatewayFactory, redis: RedisServer
 ) -> None:
     backend = await backend_factory("desktop")
+    auth = auth_section()
+    auth["api_keys"][2]["admin"] = True  # carol may read the status page
     gw = await gateway_factory(
         {
             "backends": backend_doc(backend),
-            "auth": auth_section(),
+            "auth": auth,
             "limits": {"default": {"tokens_per_minute": 100000}, "redis_url": redis.url, "on_redis_error": "deny"},
         }
     )
@@ -306,6 +308,10 @@ async def test_redis_stopped_under_deny_answers_503_in_each_dialect_then_recover
             assert resp.status == 503
             doc = await resp.json()
             assert doc["type"] == "error" and doc["error"]["type"] == "overloaded_error"
+        async with http.get(f"{gw.url}/dashboard/data", headers=headers) as resp:  # the status page still answers
+            assert resp.status == 200
+            limits = (await resp.json())["limits"]
+            assert limits["ok"] is False and limits["clients"] == []
     with pytest.raises(openai.InternalServerError) as refused:
         async with openai_client(gw.url, "carol") as client:
             await client.chat.completions.create(model="llama3.2", messages=MESSAGES)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..config import ApiKeyConfig, BasicUserConfig, GatewayConfig, RateLimits
+from ..errors import ServiceUnavailable
 from .engine import Limiter
 
 __all__ = ["LIMIT_KEYS", "describe_limits", "effective_limit_lines", "readiness", "status_page"]
@@ -48,4 +49,8 @@ def status_page(limiter: Limiter | None) -> dict[str, Any] | None:
     """The ``limits`` part of ``/dashboard/data``: the store and one row per client."""
     if limiter is None:
         return None
-    return {**(readiness(limiter) or {}), "clients": list(limiter.usage())}
+    try:
+        clients = list(limiter.usage())
+    except ServiceUnavailable:  # a shared store that is down under on_redis_error: deny has no counts to show
+        clients = []
+    return {**(readiness(limiter) or {}), "clients": clients}
