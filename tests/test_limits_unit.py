@@ -80,6 +80,8 @@ def test_reset_and_retry_after_never_promise_too_early(wait: float) -> None:
 def test_window_lengths_must_be_positive() -> None:
     with pytest.raises(ValueError):
         WindowLengths(minute=0)
+    with pytest.raises(ValueError):
+        WindowLengths(minute=2.5)
 
 
 # --------------------------------------------------------------------------- memory store
