@@ -133,7 +133,23 @@ def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] 
 
 def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await handle(request, spec)
+        limiter = request.app[STATE].limiter
+        if limiter is None or spec.admin:  # admin model management is never limited
+            return await handle(request, spec)
+        # Inside the client's limits (limits/): admitted (or 429) before the body is read, charged when over.
+        rec = request[RECORD]
+        admission = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec.remote)
+        if admission.pending is not None:
+            await limiter.settle(admission)
+        rec.response_headers = admission.headers
+        try:
+            return await handle(request, spec)
+        except GatewayError as err:
+            if admission.headers:
+                err.headers = {**admission.headers, **err.headers}
+            raise
+        finally:
+            limiter.finish(admission, rec)
 
     return handler
 
@@ -146,26 +162,6 @@ def add_proxy_routes(app: web.Application) -> None:
 
 
 async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
-    """``routed`` inside the client's limits (``limits/``): admitted first, charged when it is over."""
-    limiter = request.app[STATE].limiter
-    if limiter is None or spec.admin:  # admin model management is never limited
-        return await routed(request, spec)
-    rec = request[RECORD]
-    admission = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec.remote)  # 429 here, before the body is read
-    if admission.pending is not None:
-        await limiter.settle(admission)
-    rec.response_headers = admission.headers
-    try:
-        return await routed(request, spec)
-    except GatewayError as err:
-        if admission.headers:
-            err.headers = {**admission.headers, **err.headers}
-        raise
-    finally:
-        limiter.finish(admission, rec)
-
-
-async def routed(request: web.Request, spec: Endpoint) -> web.StreamResponse:
     state = request.app[STATE]
     rec = request[RECORD]
     rec.endpoint = spec.path

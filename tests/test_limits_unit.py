@@ -18,7 +18,7 @@ from gateway.cli import main
 from gateway.config import RateLimits
 from gateway.configfile import parse_config
 from gateway.errors import TooManyRequests
-from gateway.limits import CounterStore, Limiter, MemoryStore, Window, WindowLengths, make_limiter
+from gateway.limits import CounterStore, Limiter, MemoryStore, Window, WindowLengths, make_limiter, reload_limiter
 from gateway.limits.report import describe_limits, effective_limit_lines
 from gateway.limits.windows import format_reset, retry_after_seconds, window_bounds
 
@@ -80,6 +80,8 @@ def test_reset_and_retry_after_never_promise_too_early(wait: float) -> None:
 def test_window_lengths_must_be_positive() -> None:
     with pytest.raises(ValueError):
         WindowLengths(minute=0)
+    with pytest.raises(ValueError):
+        WindowLengths(minute=2.5)
 
 
 # --------------------------------------------------------------------------- memory store
@@ -289,3 +291,21 @@ def test_check_lines_without_auth() -> None:
         "limits: anonymous callers, each source address (IPv6: each /64): unlimited"
     ]
     assert describe_limits(RateLimits(max_queued=4)) == "max_queued=4"
+
+
+async def test_reload_keeps_counters_and_turns_limits_on_and_off() -> None:
+    base = {"backends": [{"name": "b", "url": "http://127.0.0.1:1"}]}
+    on = parse_config({**base, "limits": {"default": {"requests_per_minute": 1}}}, "<t>")
+    stricter = parse_config({**base, "limits": {"default": {"requests_per_minute": 2}}}, "<t>")
+    off = parse_config(base, "<t>")
+    assert await reload_limiter(None, off) is None
+    limiter = await reload_limiter(None, on)
+    assert limiter is not None
+    limiter.admit(ANONYMOUS, "10.0.0.1")
+    with pytest.raises(TooManyRequests):
+        limiter.admit(ANONYMOUS, "10.0.0.1")
+    assert await reload_limiter(limiter, stricter) is limiter
+    limiter.admit(ANONYMOUS, "10.0.0.1")  # the same minute's count, now against 2
+    with pytest.raises(TooManyRequests):
+        limiter.admit(ANONYMOUS, "10.0.0.1")
+    assert await reload_limiter(limiter, off) is None

@@ -8,7 +8,7 @@ config gets), ``report`` (the effective limits as ``gateway check`` prints them)
 from __future__ import annotations
 
 from .engine import Admission, Limiter, has_limits
-from .factory import limits_configured, make_limiter, make_store
+from .factory import limits_configured, make_limiter, make_store, reload_limiter
 from .store import CounterStore, MemoryStore, Window
 from .windows import WindowLengths
 
@@ -23,4 +23,5 @@ __all__ = [
     "limits_configured",
     "make_limiter",
     "make_store",
+    "reload_limiter",
 ]

@@ -53,8 +53,8 @@ def has_limits(limits: RateLimits) -> bool:
 class ClientUsage:
     """One client's current windows and in-flight count in this process. Must not be copied."""
 
-    __slots__ = ("_resets", "day_end", "in_flight", "key", "label", "limits", "minute_end", "rpd", "rpm", "shown",
-                 "texts", "tpd", "tpm")  # fmt: skip
+    __slots__ = ("day_end", "day_reset", "in_flight", "key", "label", "limits", "minute_end", "minute_reset", "rpd",
+                 "rpm", "second", "shown", "texts", "tpd", "tpm")  # fmt: skip
 
     def __init__(self, key: str, label: str, shown: str, limits: RateLimits) -> None:
         self.key = key  # store key part: the configured name, or "@<address>"
@@ -66,8 +66,9 @@ class ClientUsage:
         self.minute_end = 0.0  # the windows below are rebuilt when the clock passes these
         self.day_end = 0.0
         self.rpm = self.tpm = self.tpd = self.rpd = _NO_WINDOW
-        # The last reset written per window end: the text changes once a second, not per request.
-        self._resets: dict[float, tuple[int, str]] = {}
+        # The reset texts of the second ``second``: windows end on whole seconds, so they hold for all of it.
+        self.second = -1
+        self.minute_reset = self.day_reset = ""
 
     def set_limits(self, limits: RateLimits) -> None:
         """New limits (a reload): fresh windows on the next request, the same counters."""
@@ -75,22 +76,18 @@ class ClientUsage:
         self.texts = (str(limits.requests_per_minute), str(limits.tokens_per_minute), str(limits.tokens_per_day))
         self.minute_end = self.day_end = 0.0
 
-    def reset_text(self, end: float, now: float) -> str:
-        """``format_reset(end - now)``, reusing the text while the whole seconds are the same."""
-        wait = end - now
-        whole = math.ceil(wait - 1e-9)
-        known = self._resets.get(end)
-        if known is not None and known[0] == whole and wait >= 1:
-            return known[1]
-        text = format_reset(wait)
-        if len(self._resets) > 4:  # only the current minute's and day's ends are ever asked for
-            self._resets.clear()
-        self._resets[end] = (whole, text)
-        return text
+    def resets(self, now: float) -> None:
+        """Bring ``minute_reset``/``day_reset`` up to ``now`` (once a second; the last second in ms)."""
+        second = int(now)
+        if second != self.second or self.minute_end - now < 1:
+            self.second = second
+            self.minute_reset = format_reset(self.minute_end - now)
+            self.day_reset = format_reset(self.day_end - now)
 
     def roll(self, now: float, lengths: WindowLengths) -> None:
         """Point the windows at the ones holding ``now`` (once per window, not per request)."""
         limits, key = self.limits, self.key
+        self.second = -1  # the reset texts count down to the new ends
         if now >= self.minute_end:
             index, end = window_bounds(now, lengths.minute)
             self.minute_end = end
@@ -232,12 +229,13 @@ class Limiter:
         """
         limits = client.limits
         headers: dict[str, str] = {}
+        client.resets(now)
         rpm = limits.requests_per_minute
         if rpm:
             headers["x-ratelimit-limit-requests"] = client.texts[0]
             left = rpm - self.store.used(client.rpm)
             headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
-            headers["x-ratelimit-reset-requests"] = client.reset_text(client.minute_end, now)
+            headers["x-ratelimit-reset-requests"] = client.minute_reset
         tpm, tpd = limits.tokens_per_minute, limits.tokens_per_day
         if tpm or tpd:
             minute_left = tpm - minute_used
@@ -245,11 +243,11 @@ class Limiter:
             if tpd and (not tpm or day_left < minute_left):
                 headers["x-ratelimit-limit-tokens"] = client.texts[2]
                 headers["x-ratelimit-remaining-tokens"] = str(day_left) if day_left > 0 else "0"
-                headers["x-ratelimit-reset-tokens"] = client.reset_text(client.day_end, now)
+                headers["x-ratelimit-reset-tokens"] = client.day_reset
             else:
                 headers["x-ratelimit-limit-tokens"] = client.texts[1]
                 headers["x-ratelimit-remaining-tokens"] = str(minute_left) if minute_left > 0 else "0"
-                headers["x-ratelimit-reset-tokens"] = client.reset_text(client.minute_end, now)
+                headers["x-ratelimit-reset-tokens"] = client.minute_reset
         return headers
 
     def _refuse_tokens(self, client: ClientUsage, now: float, day_used: int, minute_used: int) -> NoReturn:

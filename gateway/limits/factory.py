@@ -18,7 +18,7 @@ from .shared import SharedStore
 from .sqlite_store import SqliteCounters
 from .store import CounterStore
 
-__all__ = ["limits_configured", "make_limiter", "make_store"]
+__all__ = ["limits_configured", "make_limiter", "make_store", "reload_limiter"]
 
 
 def make_store(config: LimitsConfig, clock: Callable[[], float] = time.time) -> CounterStore:
@@ -45,3 +45,26 @@ def make_limiter(config: GatewayConfig, on_refused: Callable[[str, str], None] |
     if not limits_configured(config):
         return None
     return Limiter(config, make_store(config.limits), on_refused=on_refused)
+
+
+async def reload_limiter(
+    current: Limiter | None, config: GatewayConfig, on_refused: Callable[[str, str], None] | None = None
+) -> Limiter | None:
+    """The limiter for a reloaded config (SIGHUP): the same one reconfigured while limits stay on, so
+    its counters carry over; a new started one when they come on; None (store closed) when they go off.
+
+    A change of ``limits.redis_url``/``state_path`` is not picked up here: the store stays (restart).
+    """
+    wanted = limits_configured(config)
+    if current is not None and wanted:
+        current.configure(config)
+        return current
+    if current is not None:
+        await current.store.close()
+        return None
+    if not wanted:
+        return None
+    limiter = make_limiter(config, on_refused)
+    assert limiter is not None
+    await limiter.store.start()
+    return limiter

@@ -19,14 +19,18 @@ __all__ = ["DEFAULT_LENGTHS", "WindowLengths", "format_reset", "retry_after_seco
 
 @dataclass(frozen=True, slots=True)
 class WindowLengths:
-    """How long the "minute" and "day" windows are, in seconds (60 and 86400 except in tests)."""
+    """How long the "minute" and "day" windows are, in seconds (60 and 86400 except in tests).
+
+    Whole seconds: windows then end on whole seconds, which lets the engine write a reset once a second.
+    """
 
     minute: float = 60.0
     day: float = 86400.0
 
     def __post_init__(self) -> None:
-        if self.minute <= 0 or self.day <= 0:
-            raise ValueError("window lengths must be positive")
+        for length in (self.minute, self.day):
+            if length < 1 or length != int(length):
+                raise ValueError("window lengths must be whole seconds, at least 1")
 
 
 DEFAULT_LENGTHS = WindowLengths()
