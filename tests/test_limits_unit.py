@@ -293,19 +293,25 @@ def test_check_lines_without_auth() -> None:
     assert describe_limits(RateLimits(max_queued=4)) == "max_queued=4"
 
 
-async def test_reload_keeps_counters_and_turns_limits_on_and_off() -> None:
+async def test_reload_keeps_counters_and_turns_limits_on_and_off(tmp_path: Path) -> None:
     base = {"backends": [{"name": "b", "url": "http://127.0.0.1:1"}]}
-    on = parse_config({**base, "limits": {"default": {"requests_per_minute": 1}}}, "<t>")
-    stricter = parse_config({**base, "limits": {"default": {"requests_per_minute": 2}}}, "<t>")
+    state = {"state_path": str(tmp_path / "state.sqlite3")}  # the store: SQLite, in a file of this test's
+    on = parse_config({**base, "limits": {"default": {"requests_per_minute": 1}, **state}}, "<t>")
+    stricter = parse_config({**base, "limits": {"default": {"requests_per_minute": 2}, **state}}, "<t>")
     off = parse_config(base, "<t>")
     assert await reload_limiter(None, off) is None
     limiter = await reload_limiter(None, on)
     assert limiter is not None
-    limiter.admit(ANONYMOUS, "10.0.0.1")
+
+    async def admit() -> None:  # as the proxy does: a shared store's first lease is awaited
+        admission = limiter.admit(ANONYMOUS, "10.0.0.1")
+        await limiter.settle(admission)
+
+    await admit()
     with pytest.raises(TooManyRequests):
-        limiter.admit(ANONYMOUS, "10.0.0.1")
+        await admit()
     assert await reload_limiter(limiter, stricter) is limiter
-    limiter.admit(ANONYMOUS, "10.0.0.1")  # the same minute's count, now against 2
+    await admit()  # the same minute's count, now against 2
     with pytest.raises(TooManyRequests):
-        limiter.admit(ANONYMOUS, "10.0.0.1")
+        await admit()
     assert await reload_limiter(limiter, off) is None
