@@ -193,8 +193,6 @@ def build_state(config: GatewayConfig) -> GatewayState:
     if config.auth is not None:
         authenticator = _authenticator(config.auth, metrics)
     limiter = make_limiter(config, on_refused=metrics.limited if metrics is not None else None)
-    if limiter is not None and metrics is not None:  # gateway_limits_store_up, read at scrape time
-        metrics.registry.register(StoreUpCollector(limiter.store))
     return GatewayState(
         config=config,
         backends=backends,
@@ -291,6 +289,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         middlewares=[make_entry_middleware(state)],
     )
     app[STATE] = state
+    if state.metrics is not None:  # gateway_limits_store_up, read at scrape time from the current limiter
+        state.metrics.registry.register(StoreUpCollector(lambda: state.limiter.store if state.limiter else None))
     app.cleanup_ctx.append(_lifecycle)
     add_proxy_routes(app)
     add_listing_routes(app)

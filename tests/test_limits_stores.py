@@ -173,7 +173,7 @@ async def test_redis_state_is_loaded_at_start(redis: RedisServer) -> None:
 
 async def test_redis_outage_under_allow_counts_locally_then_shares_again(redis: RedisServer) -> None:
     store = SharedStore(RedisCounters(redis.url), on_error="allow", sync_interval=FAST_SYNC)
-    gauge = StoreUpCollector(store)
+    gauge = StoreUpCollector(lambda: store)
     await store.start()
     try:
         w = window("rpm:carol:1", 1000)
@@ -198,6 +198,7 @@ async def test_redis_outage_under_allow_counts_locally_then_shares_again(redis: 
         assert int(await client.get(KEY_PREFIX + "rpm:carol:1")) > before  # leases come from Redis again
     finally:
         await store.close()
+    assert list(StoreUpCollector(lambda: None).collect()) == []  # no limits: no series
 
 
 async def test_redis_outage_under_deny_refuses_with_retry_after_then_recovers(redis: RedisServer) -> None:
