@@ -160,7 +160,7 @@ async def engine_cost(store_name: str, redis_url: str, run_dir: str, n: int) -> 
     sys.path.insert(0, os.path.dirname(HERE))
     from gateway.auth import Principal
     from gateway.configfile import parse_config
-    from gateway.limits import Limiter, MemoryStore, make_store
+    from gateway.limits import Limiter, MemoryStore, Pending, make_store
     from gateway.record import RequestRecord
 
     limits: dict[str, Any] = {"default": {"requests_per_minute": 600, "tokens_per_day": 10**9}}
@@ -180,12 +180,11 @@ async def engine_cost(store_name: str, redis_url: str, run_dir: str, n: int) -> 
     empty = time.perf_counter() - t0
     t0 = time.perf_counter()
     for i in range(n):
-        admission = limiter.admit(clients[i % 100], "127.0.0.1")
-        if admission.pending is not None:
-            await limiter.settle(admission)
         rec = RequestRecord("r", "POST", "/v1/chat/completions", "127.0.0.1", False, loop.time())
+        admitted = limiter.admit(clients[i % 100], rec)
+        client = await limiter.settle(admitted, rec) if isinstance(admitted, Pending) else admitted
         rec.prompt_tokens, rec.completion_tokens = 10, 16
-        limiter.finish(admission, rec)
+        limiter.finish(client, rec)
         await asyncio.sleep(0)  # one loop turn per request, as serving has: background refills run
     spent = time.perf_counter() - t0 - empty
     await store.close()

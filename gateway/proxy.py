@@ -35,6 +35,7 @@ from .errors import (
     dialect_for,
 )
 from .headers import upstream_headers
+from .limits import Pending
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 from .streaming import relay
@@ -138,18 +139,17 @@ def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
             return await handle(request, spec)
         # Inside the client's limits (limits/): admitted (or 429) before the body is read, charged when over.
         rec = request[RECORD]
-        admission = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec.remote)
-        if admission.pending is not None:
-            await limiter.settle(admission)
-        rec.response_headers = admission.headers
+        client = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec)  # sets rec.response_headers
+        if isinstance(client, Pending):  # only shared stores: a round trip decides
+            client = await limiter.settle(client, rec)
         try:
             return await handle(request, spec)
         except GatewayError as err:
-            if admission.headers:
-                err.headers = {**admission.headers, **err.headers}
+            if rec.response_headers:
+                err.headers = {**rec.response_headers, **err.headers}
             raise
         finally:
-            limiter.finish(admission, rec)
+            limiter.finish(client, rec)
 
     return handler
 

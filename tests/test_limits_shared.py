@@ -367,12 +367,21 @@ async def test_workers_share_one_budget_without_redis(tmp_path: Path, backend_fa
     }
     config = write_config(tmp_path / "gateway.yaml", doc)
     async with gateway_process(config, "--workers", "2") as (url, _):
-        await same_minute()
         headers = {"Authorization": f"Bearer {KEYS['alice']}"}
         body = {"model": "llama3.2", "messages": MESSAGES}
         # A new connection per request, so the kernel spreads them over both workers (SO_REUSEPORT).
         connector = aiohttp.TCPConnector(force_close=True, limit=0)
         async with aiohttp.ClientSession(connector=connector) as http:
+
+            async def both_workers_listen() -> bool:  # the second may still be starting on a busy machine
+                seen = set()
+                for _ in range(20):
+                    async with http.get(f"{url}/healthz") as resp:
+                        seen.add(resp.headers["X-Request-Id"][:16])
+                return len(seen) == 2
+
+            await eventually(both_workers_listen, timeout=30, interval=0.2)
+            await same_minute()
 
             async def one() -> tuple[int, str]:
                 async with http.post(f"{url}/v1/chat/completions", json=body, headers=headers) as resp:

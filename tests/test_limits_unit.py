@@ -18,7 +18,17 @@ from gateway.cli import main
 from gateway.config import RateLimits
 from gateway.configfile import parse_config
 from gateway.errors import TooManyRequests
-from gateway.limits import CounterStore, Limiter, MemoryStore, Window, WindowLengths, make_limiter, reload_limiter
+from gateway.limits import (
+    ClientUsage,
+    CounterStore,
+    Limiter,
+    MemoryStore,
+    Pending,
+    Window,
+    WindowLengths,
+    make_limiter,
+    reload_limiter,
+)
 from gateway.limits.report import describe_limits, effective_limit_lines
 from gateway.limits.windows import format_reset, retry_after_seconds, window_bounds
 
@@ -128,55 +138,68 @@ def _limiter(limits: RateLimits, now: list[float], auth: bool = True) -> tuple[L
     return limiter, Principal("alice", admin=False, models=("*",), limits=limits), refused
 
 
+def admit(limiter: Limiter, principal: Principal, remote: str = "x") -> tuple[ClientUsage, dict[str, str] | None]:
+    """One admission: the client it was counted for, and the headers it set for the response."""
+    rec = make_record(remote=remote)
+    client = limiter.admit(principal, rec)
+    assert isinstance(client, ClientUsage)
+    return client, rec.response_headers
+
+
 def test_requests_per_minute_then_the_next_window() -> None:
     now = [MINUTE0 + 50.5]
     limiter, alice, refused = _limiter(RateLimits(requests_per_minute=2), now)
-    first = limiter.admit(alice, "127.0.0.1")
-    assert first.headers == {
+    first, headers = admit(limiter, alice, "127.0.0.1")
+    assert headers == {
         "x-ratelimit-limit-requests": "2",
         "x-ratelimit-remaining-requests": "1",
         "x-ratelimit-reset-requests": "10s",
     }
     limiter.finish(first, make_record())
-    limiter.finish(limiter.admit(alice, "127.0.0.1"), make_record())
+    limiter.finish(admit(limiter, alice, "127.0.0.1")[0], make_record())
     with pytest.raises(TooManyRequests) as caught:
-        limiter.admit(alice, "127.0.0.1")
+        admit(limiter, alice, "127.0.0.1")
     assert caught.value.headers["Retry-After"] == "10"  # 9.5 s, rounded up
     assert caught.value.headers["retry-after-ms"] == "9500"
     assert caught.value.message == "rate limit exceeded for 'alice': requests_per_minute=2; resets in 10s"
     assert refused == ["alice:requests_per_minute"]
     now[0] = MINUTE0 + 60  # exactly when Retry-After said
-    assert limiter.admit(alice, "127.0.0.1").headers["x-ratelimit-remaining-requests"] == "1"  # type: ignore[index]
+    assert admit(limiter, alice, "127.0.0.1")[1] == {
+        "x-ratelimit-limit-requests": "2",
+        "x-ratelimit-remaining-requests": "1",
+        "x-ratelimit-reset-requests": "1m0s",
+    }
 
 
 def test_a_refused_request_counts_against_nothing() -> None:
     now = [MINUTE0]
     limiter, alice, _ = _limiter(RateLimits(requests_per_minute=5, max_concurrent=1), now)
-    held = limiter.admit(alice, "x")
+    held, _ = admit(limiter, alice)
     for _ in range(3):
         with pytest.raises(TooManyRequests):
-            limiter.admit(alice, "x")
+            admit(limiter, alice)
     limiter.finish(held, make_record())
-    assert limiter.admit(alice, "x").headers["x-ratelimit-remaining-requests"] == "3"  # type: ignore[index]
+    headers = admit(limiter, alice)[1]
+    assert headers is not None and headers["x-ratelimit-remaining-requests"] == "3"
 
 
 def test_token_headers_describe_the_budget_with_less_left() -> None:
     now = [MINUTE0 + 30]
     limiter, alice, _ = _limiter(RateLimits(tokens_per_minute=100, tokens_per_day=1000), now)
-    a = limiter.admit(alice, "x")
-    assert a.headers == {
+    a, headers = admit(limiter, alice)
+    assert headers == {
         "x-ratelimit-limit-tokens": "100",
         "x-ratelimit-remaining-tokens": "100",
         "x-ratelimit-reset-tokens": "30s",
     }
     limiter.finish(a, make_record(prompt_tokens=900, completion_tokens=50))  # over the minute's budget: charged whole
     now[0] = MINUTE0 + 60
-    b = limiter.admit(alice, "x")
-    assert b.headers is not None and b.headers["x-ratelimit-limit-tokens"] == "1000"  # the day has 50 left
-    assert b.headers["x-ratelimit-remaining-tokens"] == "50"
+    b, headers = admit(limiter, alice)
+    assert headers is not None and headers["x-ratelimit-limit-tokens"] == "1000"  # the day has 50 left
+    assert headers["x-ratelimit-remaining-tokens"] == "50"
     limiter.finish(b, make_record(completion_tokens=50))
     with pytest.raises(TooManyRequests) as caught:
-        limiter.admit(alice, "x")
+        admit(limiter, alice)
     day_end = window_bounds(now[0], 86400)[1]
     assert caught.value.headers["Retry-After"] == str(math.ceil(day_end - now[0]))
 
@@ -184,10 +207,10 @@ def test_token_headers_describe_the_budget_with_less_left() -> None:
 def test_unknown_token_counts_charge_nothing() -> None:
     now = [MINUTE0]
     limiter, alice, _ = _limiter(RateLimits(tokens_per_minute=1), now)
-    limiter.finish(limiter.admit(alice, "x"), make_record())  # the backend reported no usage
-    limiter.finish(limiter.admit(alice, "x"), make_record(prompt_tokens=1))
+    limiter.finish(admit(limiter, alice)[0], make_record())  # the backend reported no usage
+    limiter.finish(admit(limiter, alice)[0], make_record(prompt_tokens=1))
     with pytest.raises(TooManyRequests):
-        limiter.admit(alice, "x")
+        admit(limiter, alice)
 
 
 def test_anonymous_callers_by_address_and_ipv6_prefix() -> None:
@@ -195,10 +218,10 @@ def test_anonymous_callers_by_address_and_ipv6_prefix() -> None:
     limiter, _, refused = _limiter(RateLimits(), now, auth=False)
     limiter.default = RateLimits(requests_per_minute=1)
     for remote in ("10.0.0.1", "10.0.0.2", "2001:db8::1", "::ffff:10.0.0.3"):
-        limiter.admit(ANONYMOUS, remote)
+        admit(limiter, ANONYMOUS, remote)
     for remote in ("10.0.0.1", "2001:db8::2", "10.0.0.3"):
         with pytest.raises(TooManyRequests):
-            limiter.admit(ANONYMOUS, remote)
+            admit(limiter, ANONYMOUS, remote)
     assert refused == ["anonymous:requests_per_minute"] * 3
     rows = {row["address"]: row for row in limiter.usage()}
     assert set(rows) == {"10.0.0.1", "10.0.0.2", "2001:db8::/64", "10.0.0.3"}
@@ -208,9 +231,10 @@ def test_anonymous_callers_by_address_and_ipv6_prefix() -> None:
 def test_reloaded_limits_apply_to_the_same_counters() -> None:
     now = [MINUTE0]
     limiter, alice, _ = _limiter(RateLimits(requests_per_minute=1), now)
-    limiter.finish(limiter.admit(alice, "x"), make_record())
+    limiter.finish(admit(limiter, alice)[0], make_record())
     raised = Principal("alice", admin=False, models=("*",), limits=RateLimits(requests_per_minute=2))
-    assert limiter.admit(raised, "x").headers["x-ratelimit-remaining-requests"] == "0"  # type: ignore[index]
+    headers = admit(limiter, raised)[1]
+    assert headers is not None and headers["x-ratelimit-remaining-requests"] == "0"
 
 
 class UndecidedStore(MemoryStore):
@@ -235,14 +259,16 @@ async def test_pending_admissions_settle_on_the_store() -> None:
     now = [MINUTE0]
     limiter, alice, refused = _limiter(RateLimits(requests_per_minute=1, max_concurrent=5), now)
     store = limiter.store = UndecidedStore()
-    admission = limiter.admit(alice, "x")
-    assert admission.pending is not None and admission.headers is None
-    await limiter.settle(admission)
-    assert admission.pending is None and admission.headers is not None
-    second = limiter.admit(alice, "x")
+    rec = make_record()
+    pending = limiter.admit(alice, rec)
+    assert isinstance(pending, Pending) and rec.response_headers is None
+    client = await limiter.settle(pending, rec)
+    assert rec.response_headers is not None and rec.response_headers["x-ratelimit-remaining-requests"] == "0"
+    second = limiter.admit(alice, make_record())
+    assert isinstance(second, Pending)
     with pytest.raises(TooManyRequests):
-        await limiter.settle(second)
-    assert admission.client.in_flight == 1  # the refused one gave its slot back
+        await limiter.settle(second, make_record())
+    assert client.in_flight == 1  # the refused one gave its slot back
     assert store.slow_takes == 2 and refused == ["alice:requests_per_minute"]
 
 
@@ -303,15 +329,17 @@ async def test_reload_keeps_counters_and_turns_limits_on_and_off(tmp_path: Path)
     limiter = await reload_limiter(None, on)
     assert limiter is not None
 
-    async def admit() -> None:  # as the proxy does: a shared store's first lease is awaited
-        admission = limiter.admit(ANONYMOUS, "10.0.0.1")
-        await limiter.settle(admission)
+    async def admit_settled() -> None:  # as the proxy does: a shared store's first lease is awaited
+        rec = make_record(remote="10.0.0.1")
+        admitted = limiter.admit(ANONYMOUS, rec)
+        if isinstance(admitted, Pending):
+            await limiter.settle(admitted, rec)
 
-    await admit()
+    await admit_settled()
     with pytest.raises(TooManyRequests):
-        await admit()
+        await admit_settled()
     assert await reload_limiter(limiter, stricter) is limiter
-    await admit()  # the same minute's count, now against 2
+    await admit_settled()  # the same minute's count, now against 2
     with pytest.raises(TooManyRequests):
-        await admit()
+        await admit_settled()
     assert await reload_limiter(limiter, off) is None

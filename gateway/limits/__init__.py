@@ -7,16 +7,17 @@ config gets), ``report`` (the effective limits as ``gateway check`` prints them)
 
 from __future__ import annotations
 
-from .engine import Admission, Limiter, has_limits
+from .engine import ClientUsage, Limiter, Pending, has_limits
 from .factory import limits_configured, make_limiter, make_store, reload_limiter
 from .store import CounterStore, MemoryStore, Window
 from .windows import WindowLengths
 
 __all__ = [
-    "Admission",
+    "ClientUsage",
     "CounterStore",
     "Limiter",
     "MemoryStore",
+    "Pending",
     "Window",
     "WindowLengths",
     "has_limits",

@@ -22,7 +22,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import NoReturn
 
 from ..auth import ANONYMOUS, Principal, source_key
@@ -32,7 +31,7 @@ from ..record import RequestRecord
 from .store import CounterStore, Window
 from .windows import DEFAULT_LENGTHS, WindowLengths, format_reset, retry_after_seconds, window_bounds
 
-__all__ = ["LIMIT_NAMES", "Admission", "ClientUsage", "Limiter", "has_limits"]
+__all__ = ["LIMIT_NAMES", "ClientUsage", "Limiter", "Pending", "has_limits"]
 
 REQUESTS_PER_MINUTE = "requests_per_minute"
 TOKENS_PER_MINUTE = "tokens_per_minute"
@@ -77,12 +76,11 @@ class ClientUsage:
         self.minute_end = self.day_end = 0.0
 
     def resets(self, now: float) -> None:
-        """Bring ``minute_reset``/``day_reset`` up to ``now`` (once a second; the last second in ms)."""
-        second = int(now)
-        if second != self.second or self.minute_end - now < 1:
-            self.second = second
-            self.minute_reset = format_reset(self.minute_end - now)
-            self.day_reset = format_reset(self.day_end - now)
+        """Write ``minute_reset``/``day_reset`` for ``now`` (the engine calls it once a second, and
+        on every request of a window's last second, which is written in milliseconds)."""
+        self.second = int(now)
+        self.minute_reset = format_reset(self.minute_end - now)
+        self.day_reset = format_reset(self.day_end - now)
 
     def roll(self, now: float, lengths: WindowLengths) -> None:
         """Point the windows at the ones holding ``now`` (once per window, not per request)."""
@@ -104,15 +102,14 @@ class ClientUsage:
 _NO_WINDOW = Window("", 0, 0.0)
 
 
-@dataclass(slots=True)
-class Admission:
-    """An admitted request: its client, the ``x-ratelimit-*`` headers for its response, and
-    ``pending``, the requests-per-minute window a shared store could not decide locally."""
+class Pending:
+    """An admission a shared store could not decide locally: ``Limiter.settle`` asks the store."""
 
-    client: ClientUsage
-    headers: dict[str, str] | None
-    pending: Window | None = None
-    now: float = 0.0
+    __slots__ = ("client", "window")
+
+    def __init__(self, client: ClientUsage, window: Window) -> None:
+        self.client = client
+        self.window = window
 
 
 class Limiter:
@@ -142,18 +139,21 @@ class Limiter:
 
     # ----------------------------------------------------------------------- per request
 
-    def admit(self, principal: Principal, remote: str) -> Admission:
-        """Admit a request or raise ``TooManyRequests``; pair every admission with ``finish``."""
+    def admit(self, principal: Principal, rec: RequestRecord) -> ClientUsage | Pending:
+        """Admit a request (its client) or raise ``TooManyRequests``; pair every admission with ``finish``.
+
+        Sets ``rec.response_headers`` to the ``x-ratelimit-*`` headers of the client's limits.
+        """
         limits = principal.limits or self.default
         if principal is ANONYMOUS:
-            key = self._anonymous.get(remote)
+            key = self._anonymous.get(rec.remote)
             if key is None:
-                key = self._anonymous_key(remote)
+                key = self._anonymous_key(rec.remote)
         else:
             key = principal.name
         client = self._clients.get(key)
         if client is None or client.limits is not limits:
-            client = self._client(key, principal, remote, limits)
+            client = self._client(key, principal, limits)
         now = self.clock()
         if now >= client.minute_end or now >= client.day_end:
             client.roll(now, self.lengths)
@@ -172,21 +172,18 @@ class Limiter:
             taken = store.try_take(client.rpm)
             if taken is None:  # a shared store's lease cannot decide: ``settle`` asks the store
                 client.in_flight += 1
-                return Admission(client, None, client.rpm, now)
+                return Pending(client, client.rpm)
             if not taken:
                 self._refuse(client, REQUESTS_PER_MINUTE, client.minute_end - now, f"requests_per_minute={rpm}", now)
         client.in_flight += 1
         store.charge(client.rpd, 1)
-        if not (rpm or tpm or tpd):
-            return Admission(client, None, None, now)
-        return Admission(client, self._headers(client, now, day_used, minute_used), None, now)
+        if rpm or tpm or tpd:
+            rec.response_headers = self._headers(client, now, day_used, minute_used)
+        return client
 
-    async def settle(self, admission: Admission) -> None:
+    async def settle(self, pending: Pending, rec: RequestRecord) -> ClientUsage:
         """Decide a pending admission against the shared store; raises ``TooManyRequests`` if refused."""
-        window = admission.pending
-        if window is None:
-            return
-        client = admission.client
+        client, window = pending.client, pending.window
         try:
             taken = await self.store.take(window)
         except BaseException:
@@ -197,19 +194,16 @@ class Limiter:
             client.in_flight -= 1
             self._refuse(client, REQUESTS_PER_MINUTE, window.expires_at - now,
                          f"requests_per_minute={window.limit}", now)  # fmt: skip
-        admission.pending = None
         self.store.charge(client.rpd, 1)
-        admission.headers = self._headers(client, now, *self._tokens_used(client))
+        rec.response_headers = self._headers(client, now, *self._tokens_used(client))
+        return client
 
-    def finish(self, admission: Admission, rec: RequestRecord) -> None:
-        """The request is over: free its slot, charge its tokens (as the metrics count them)."""
-        client = admission.client
+    def finish(self, client: ClientUsage, rec: RequestRecord) -> None:
+        """The request is over: free its slot, charge its tokens (as the metrics count them) to the
+        client's current windows (a response that outlives its window counts in the next one)."""
         client.in_flight -= 1
         tokens = (rec.prompt_tokens or 0) + (rec.completion_tokens or 0)
         if tokens:
-            now = self.clock()
-            if now >= client.minute_end or now >= client.day_end:
-                client.roll(now, self.lengths)
             if client.limits.tokens_per_minute:
                 self.store.charge(client.tpm, tokens)
             self.store.charge(client.tpd, tokens)
@@ -228,27 +222,37 @@ class Limiter:
         The ``-tokens`` trio describes whichever token budget has less left (per minute or per day).
         """
         limits = client.limits
-        headers: dict[str, str] = {}
-        client.resets(now)
-        rpm = limits.requests_per_minute
+        if int(now) != client.second or client.minute_end - now < 1:
+            client.resets(now)
+        texts = client.texts
+        rpm, tpm, tpd = limits.requests_per_minute, limits.tokens_per_minute, limits.tokens_per_day
         if rpm:
-            headers["x-ratelimit-limit-requests"] = client.texts[0]
             left = rpm - self.store.used(client.rpm)
-            headers["x-ratelimit-remaining-requests"] = str(left) if left > 0 else "0"
-            headers["x-ratelimit-reset-requests"] = client.minute_reset
-        tpm, tpd = limits.tokens_per_minute, limits.tokens_per_day
-        if tpm or tpd:
-            minute_left = tpm - minute_used
-            day_left = tpd - day_used
-            if tpd and (not tpm or day_left < minute_left):
-                headers["x-ratelimit-limit-tokens"] = client.texts[2]
-                headers["x-ratelimit-remaining-tokens"] = str(day_left) if day_left > 0 else "0"
-                headers["x-ratelimit-reset-tokens"] = client.day_reset
-            else:
-                headers["x-ratelimit-limit-tokens"] = client.texts[1]
-                headers["x-ratelimit-remaining-tokens"] = str(minute_left) if minute_left > 0 else "0"
-                headers["x-ratelimit-reset-tokens"] = client.minute_reset
-        return headers
+            if not (tpm or tpd):
+                return {
+                    "x-ratelimit-limit-requests": texts[0],
+                    "x-ratelimit-remaining-requests": str(left) if left > 0 else "0",
+                    "x-ratelimit-reset-requests": client.minute_reset,
+                }
+        minute_left, day_left = tpm - minute_used, tpd - day_used
+        if tpd and (not tpm or day_left < minute_left):
+            limit, tokens_left, reset = texts[2], day_left, client.day_reset
+        else:
+            limit, tokens_left, reset = texts[1], minute_left, client.minute_reset
+        if not rpm:
+            return {
+                "x-ratelimit-limit-tokens": limit,
+                "x-ratelimit-remaining-tokens": str(tokens_left) if tokens_left > 0 else "0",
+                "x-ratelimit-reset-tokens": reset,
+            }
+        return {
+            "x-ratelimit-limit-requests": texts[0],
+            "x-ratelimit-remaining-requests": str(left) if left > 0 else "0",
+            "x-ratelimit-reset-requests": client.minute_reset,
+            "x-ratelimit-limit-tokens": limit,
+            "x-ratelimit-remaining-tokens": str(tokens_left) if tokens_left > 0 else "0",
+            "x-ratelimit-reset-tokens": reset,
+        }
 
     def _refuse_tokens(self, client: ClientUsage, now: float, day_used: int, minute_used: int) -> NoReturn:
         """A spent token budget: wait for the later of the spent windows to end."""
@@ -279,7 +283,7 @@ class Limiter:
         key = self._anonymous[remote] = ANONYMOUS_PREFIX + source_key(remote)
         return key
 
-    def _client(self, key: str, principal: Principal, remote: str, limits: RateLimits) -> ClientUsage:
+    def _client(self, key: str, principal: Principal, limits: RateLimits) -> ClientUsage:
         """A new client entry, or a known one whose limits changed (reload): fresh windows, same counters."""
         known = self._clients.get(key)
         if known is not None:
