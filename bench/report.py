@@ -63,8 +63,9 @@ def features_text(f: dict[str, Any] | None) -> str:
     """What a gateway variant turns off, e.g. "auth off, metrics off"; "full" for the whole config."""
     if not f:
         return NA
-    full = {"auth": True, "cors": True, "metrics": True, "log_level": "info"}
-    diffs = [f"{k} off" if v is False else f"logging.level {v}" for k, v in f.items() if full.get(k) != v]
+    full = {"auth": True, "cors": True, "metrics": True, "log_level": "info", "limits": False}
+    diffs = [f"{k} off" if v is False else f"{k} on" if v is True else f"logging.level {v}"
+             for k, v in f.items() if full.get(k) != v]
     return ", ".join(diffs) or "full (auth, CORS, metrics, access log at info)"
 
 
@@ -299,7 +300,7 @@ class Run:
 
         for a, b, goal in ((full, "gateway-noauth", 0.9), (full, "gateway-nometrics", 0.9),
                            (full, "gateway-nocors", None), (full, "gateway-nolog", None), (full, "gateway-min", None),
-                           (full, "bare", None), ("gateway-min", "bare", None)):
+                           (full, "bare", None), ("gateway-min", "bare", None), ("gateway-limits", full, 0.95)):
             if a not in names or b not in names:
                 continue
             rs = paired(a, b, rps_of)

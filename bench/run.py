@@ -34,7 +34,7 @@ from sysmon import Proc, Sampler
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ALL_PHASES = ["ns", "sse", "ndjson", "body", "idle", "flood"]
-VARIANTS = list(targets.VARIANTS)  # gateway-noauth, -nometrics, -nocors, -nolog, -min
+VARIANTS = list(targets.VARIANTS)  # gateway-noauth, -nometrics, -nocors, -nolog, -min, -limits
 T0 = time.monotonic()
 
 

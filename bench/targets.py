@@ -33,19 +33,24 @@ ALIASES = {"gpt-4o-mini": "fake", "llama3": "llama3.2:3b"}
 OLLAMA_MODEL = "llama3.2:3b"  # routed to the gateway's second backend (type ollama)
 # The gateway's features as the bench's config sets them. gateway-wN runs FULL; each variant changes
 # only the keys listed (same backends, aliases, body limit, keys of the load).
-FULL: dict[str, Any] = {"auth": True, "cors": True, "metrics": True, "log_level": "info"}
+FULL: dict[str, Any] = {"auth": True, "cors": True, "metrics": True, "log_level": "info", "limits": False}
 VARIANTS: dict[str, dict[str, Any]] = {
     "gateway-noauth": {"auth": False},  # the `auth:` section removed
     "gateway-nometrics": {"metrics": False},  # metrics: {enabled: false}
     "gateway-nocors": {"cors": False},  # the `cors:` section removed
     "gateway-nolog": {"log_level": "warning"},  # no access log (logging.level: warning)
     "gateway-min": {"auth": False, "cors": False, "metrics": False, "log_level": "warning"},  # the floor
+    "gateway-limits": {"limits": True},  # generous limits on every key: every check paid, nothing refused
 }
+# Every limit set on every key, far above what a run can use (requests_per_minute 100 million).
+GENEROUS_LIMITS = ("{requests_per_minute: 100000000, tokens_per_minute: 1000000000000, "
+                   "tokens_per_day: 1000000000000000, max_concurrent: 100000}")
 
 
 def features_text(f: dict[str, Any]) -> str:
     """What differs from FULL, e.g. "auth off, metrics off"; "full" when nothing does."""
-    diffs = [f"{k} off" if v is False else f"logging.level {v}" for k, v in f.items() if FULL.get(k) != v]
+    diffs = [f"{k} off" if v is False else f"{k} on" if v is True else f"logging.level {v}"
+             for k, v in f.items() if FULL.get(k) != v]
     return ", ".join(diffs) or "full"
 
 
@@ -218,7 +223,7 @@ def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hash
 
     `features` (FULL by default) turns sections off for the variants: auth False drops `auth:`,
     cors False drops `cors:`, metrics False writes `metrics: {enabled: false}`, log_level sets
-    `logging.level`.
+    `logging.level`, limits True gives every key (and the default) GENEROUS_LIMITS.
     """
     f = dict(FULL, **(features or {}))
     up = f"http://127.0.0.1:{upstream}"
@@ -255,6 +260,11 @@ def gateway_config(port: int, upstream: int, key: str, key_hash: str, other_hash
             f"      hash: {q(key_hash)}",
             '      models: ["*"]',
         ]
+        if f.get("limits"):
+            lines = [x for line in lines for x in ([line, f"      limits: {GENEROUS_LIMITS}"]
+                                                   if line.startswith("      models:") else [line])]
+    if f.get("limits"):
+        lines += ["limits:", f"  default: {GENEROUS_LIMITS}"]
     if f["cors"]:
         lines += [
             "cors:",
@@ -358,7 +368,11 @@ def gateway_checks(t: Target) -> dict[str, str]:
     else:
         out["CORS off: preflight refused"] = "ok" if acao is None else (
             f"got {status}, Access-Control-Allow-Origin={acao}")
-    status, _, body = chat(t.port, t.key, model="gpt-4o-mini")
+    status, hdrs, body = chat(t.port, t.key, model="gpt-4o-mini")
+    if f.get("limits"):
+        left = hdrs.get("x-ratelimit-remaining-requests")
+        out["limits on: x-ratelimit headers"] = f"ok (remaining {left})" if status == 200 and left else (
+            f"got {status}, x-ratelimit-remaining-requests={left}")
     try:
         seen = json.loads(body).get("model") if status == 200 else None
     except ValueError:

@@ -41,6 +41,8 @@ from .errors import (
     error_response,
 )
 from .headers import client_address, host_name
+from .limits import make_limiter
+from .limits.store_gauge import StoreUpCollector
 from .listing import add_listing_routes
 from .metrics import Metrics
 from .ops import add_ops_routes
@@ -225,6 +227,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
     authenticator = None
     if config.auth is not None:
         authenticator = _authenticator(config.auth, metrics)
+    limiter = make_limiter(config, on_refused=metrics.limited if metrics is not None else None)
     return GatewayState(
         config=config,
         backends=backends,
@@ -234,6 +237,7 @@ def build_state(config: GatewayConfig) -> GatewayState:
         cors=CorsPolicy(config.cors),
         authenticator=authenticator,
         affinity=Affinity() if config.routing.affinity == "prefix" else None,
+        limiter=limiter,
     )
 
 
@@ -296,11 +300,16 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
             backend.pool = UpstreamPool.from_url(backend.base)
     await asyncio.gather(discovery.refresh(force=True), *(discovery.probe(b) for b in state.backends))
     discovery.start()
+    limiter = state.limiter
+    if limiter is not None:
+        await limiter.store.start()
     flusher = asyncio.create_task(_flush_logs_every(1.0))
     try:
         yield
     finally:
         flusher.cancel()
+        if limiter is not None:
+            await limiter.store.close()
         _flush_access_log()
         await discovery.stop()
         for task in list(state.tasks):  # a reload's retired backends: their pools close below
@@ -320,6 +329,8 @@ def create_app(config: GatewayConfig) -> web.Application:
         middlewares=[make_entry_middleware(state)],
     )
     app[STATE] = state
+    if state.metrics is not None:  # gateway_limits_store_up, read at scrape time from the current limiter
+        state.metrics.registry.register(StoreUpCollector(lambda: state.limiter.store if state.limiter else None))
     app.cleanup_ctx.append(_lifecycle)
     add_proxy_routes(app)
     add_listing_routes(app)

@@ -97,6 +97,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"ok: {config.source}: {len(config.backends)} backend(s) ({', '.join(b.name for b in config.backends)}), "
         f"{len(config.aliases)} alias(es), {auth}, listening on {config.server.host}:{config.server.port}"
     )
+    from .limits.report import effective_limit_lines
+
+    for line in effective_limit_lines(config):
+        print(line)
     return 0
 
 

@@ -9,6 +9,7 @@ network I/O; reading the file is the only side effect.
 from __future__ import annotations
 
 import difflib
+import importlib.util
 import ipaddress
 import os
 import re
@@ -221,6 +222,13 @@ def _str_list(value: object) -> tuple[str, ...]:
 def _optional_str(value: object) -> str | None:
     text = _str(value)
     return text or None  # "${VAR:-}" expanding to "" means "not set"
+
+
+def _redis_url(value: object) -> str | None:
+    url = _optional_str(value)
+    if url is not None and not url.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError
+    return url
 
 
 # --------------------------------------------------------------------------- sections
@@ -562,10 +570,12 @@ def parse_config(data: object, source: str = "<config>", env: Mapping[str, str] 
     lim = root.section("limits")
     limits = LimitsConfig(
         default=_parse_limits(lim.section("default")),
-        redis_url=lim.get("redis_url", _optional_str, None, "a redis:// URL"),
+        redis_url=lim.get("redis_url", _redis_url, None, "a redis://, rediss:// or unix:// URL"),
         on_redis_error=lim.get("on_redis_error", _choice("allow", "deny"), "allow", "allow or deny"),
         state_path=_state_path(lim.get("state_path", _str, LimitsConfig().state_path, "a file path"), source),
     )
+    if limits.redis_url and importlib.util.find_spec("redis") is None:
+        lim.error("redis_url", "needs the 'redis' package: pip install 'local-llm-gateway[redis]'")
     # A client's own limits are complete: the keys it sets, the default's for the rest.
     auth = _parse_auth(root.section("auth"), limits.default) if root.data.get("auth") is not None else None
     root.seen.add("auth")

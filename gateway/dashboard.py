@@ -36,6 +36,7 @@ from . import __version__
 from .auth import ANONYMOUS
 from .backends import Backend
 from .errors import Forbidden
+from .limits.report import status_page
 from .metrics import Metrics
 from .state import PRINCIPAL, STATE, GatewayState
 
@@ -125,11 +126,14 @@ class _Snapshots:
             # Workers' values live in files; only the registry's collector merges them.
             families = list(metrics.registry.collect())
         else:
-            families = [*metrics.upstream_errors.collect(), *metrics.auth_failures.collect()]
+            families = [
+                *metrics.upstream_errors.collect(), *metrics.auth_failures.collect(), *metrics.rate_limited.collect()
+            ]
         samples = [s for family in families for s in family.samples]
         return {
             "upstream_errors": _by_label(samples, "gateway_upstream_errors_total", "backend", "reason"),
             "auth_failures": _by_label(samples, "gateway_auth_failures_total", "reason"),
+            "rate_limited": _by_label(samples, "gateway_rate_limited_total", "client", "limit"),
         }
 
 
@@ -185,6 +189,7 @@ def build_data(state: GatewayState, snapshots: _Snapshots | None) -> dict[str, A
         "models": models,
         "aliases": aliases,
         "metrics": snap,
+        "limits": status_page(state.limiter),  # None: no client has a limit
     }
 
 

@@ -169,6 +169,10 @@ class Metrics:
         self.open_connections = Gauge(
             "gateway_open_connections", "Client connections currently open.", registry=own, multiprocess_mode="livesum"
         )
+        self.rate_limited = Counter(
+            "gateway_rate_limited", "Requests refused with 429 for a client's limit, by client and limit.",
+            ("client", "limit"), registry=own,
+        )  # fmt: skip
 
         self._models: set[str] = {UNKNOWN_MODEL, OTHER_MODEL}
         self._route: dict[tuple[str, str, str, int, str], tuple[Any, Any, Any]] = {}
@@ -179,6 +183,7 @@ class Metrics:
         self._auth: dict[str, Any] = {}
         self._upstream: dict[tuple[str, str], Any] = {}
         self._queue_wait: dict[str, Any] = {}
+        self._limited: dict[tuple[str, str], Any] = {}
         self._snapshot: tuple[float, dict[str, Any]] | None = None
         self._followed = False
 
@@ -383,6 +388,14 @@ class Metrics:
         """The open-connections gauge reads ``read()`` when scraped (single process; else it stays unset)."""
         if not self.multiprocess_dir:
             self.open_connections.set_function(read)
+
+    def limited(self, client: str, limit: str) -> None:
+        """A request of ``client`` refused for ``limit`` (requests_per_minute, tokens_per_day, ...)."""
+        key = (client, limit)
+        child = self._limited.get(key)
+        if child is None:
+            child = self._limited[key] = self.rate_limited.labels(client, limit)
+        child.inc()
 
     # ----------------------------------------------------------------------- read side
 

@@ -12,6 +12,7 @@ from aiohttp import web
 
 from .auth import ANONYMOUS
 from .errors import Forbidden
+from .limits.report import readiness
 from .state import PRINCIPAL, STATE
 
 __all__ = ["add_ops_routes"]
@@ -27,9 +28,11 @@ async def readyz(request: web.Request) -> web.Response:
     if state.drain.active:  # shutting down: load balancers should stop sending new requests here
         return web.json_response({"status": "draining", "backends": backends}, status=503)
     ready = any(b.up for b in state.backends)
-    return web.json_response(
-        {"status": "ready" if ready else "unavailable", "backends": backends}, status=200 if ready else 503
-    )
+    body: dict[str, object] = {"status": "ready" if ready else "unavailable", "backends": backends}
+    limits = readiness(state.limiter)
+    if limits is not None:
+        body["limits"] = limits
+    return web.json_response(body, status=200 if ready else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:

@@ -40,6 +40,7 @@ from .errors import (
 from .fairqueue import anonymous_client
 from .frontdoor import check_content_encoding
 from .headers import upstream_headers
+from .limits import Pending
 from .placement import LOADING_ENDPOINTS
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
@@ -149,7 +150,22 @@ def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] 
 
 def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        return await handle(request, spec)
+        limiter = request.app[STATE].limiter
+        if limiter is None or spec.admin:  # admin model management is never limited
+            return await handle(request, spec)
+        # Inside the client's limits (limits/): admitted (or 429) before the body is read, charged when over.
+        rec = request[RECORD]
+        client = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec)  # sets rec.response_headers
+        if isinstance(client, Pending):  # only shared stores: a round trip decides
+            client = await limiter.settle(client, rec)
+        try:
+            return await handle(request, spec)
+        except GatewayError as err:
+            if rec.response_headers:
+                err.headers = {**rec.response_headers, **err.headers}
+            raise
+        finally:
+            limiter.finish(client, rec)
 
     return handler
 
@@ -371,7 +387,7 @@ async def forward(
                     dialect=spec.dialect,
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
-                    count_usage=metrics is not None and spec.counts_usage,
+                    count_usage=spec.counts_usage and (metrics is not None or state.limiter is not None),
                     transform=relayed,
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,

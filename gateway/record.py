@@ -33,6 +33,7 @@ class RequestRecord:
     eval_count: int | None = None  # Ollama generation speed inputs
     eval_duration_ns: int | None = None
     error: str = ""  # short reason when something failed: connect, timeout, reset, protocol, status, client_closed
+    response_headers: dict[str, str] | None = None  # added to the response by the relay (x-ratelimit-*)
 
     @property
     def ttfb(self) -> float | None:

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
+from typing import Any
 
 from .accesslog import AccessLog
 from .affinity import Affinity
@@ -27,6 +29,7 @@ from .auth import Authenticator
 from .backends import Backend
 from .config import GatewayConfig
 from .cors import CorsPolicy
+from .limits import Limiter, limits_configured, make_limiter
 from .routing import Router
 from .state import GatewayState
 from .upstream import UpstreamPool
@@ -142,6 +145,41 @@ def _affinity(current: Affinity | None, config: GatewayConfig) -> Affinity | Non
     return current or Affinity()
 
 
+def _reload_limiter(state: GatewayState, config: GatewayConfig) -> None:
+    """Limits follow the file: the same limiter reconfigured while limits stay on (its counters carry
+    over); a new one, in use once its store has started, when they come on; closed when they go off.
+
+    A change of ``limits.redis_url``/``state_path`` keeps the running store (a restart picks it up).
+    """
+    current, wanted = state.limiter, limits_configured(config)
+    if current is not None and wanted:
+        current.configure(config)
+        return
+    if current is not None:
+        state.limiter = None
+        _background(state, current.store.close())
+    elif wanted:
+        on_refused = state.metrics.limited if state.metrics is not None else None
+        limiter = make_limiter(config, on_refused)
+        if limiter is not None:
+            _background(state, _start_limiter(state, limiter))
+
+
+async def _start_limiter(state: GatewayState, limiter: Limiter) -> None:
+    await limiter.store.start()
+    state.limiter = limiter
+
+
+def _background(state: GatewayState, job: Coroutine[Any, Any, None]) -> None:
+    """A reload's follow-up work, kept on the state (cancelled at shutdown), never fire-and-forget."""
+    if state.loop is None:  # not serving (tests building states): nothing to run it
+        job.close()
+        return
+    task = asyncio.create_task(job)
+    state.tasks.add(task)
+    task.add_done_callback(state.tasks.discard)
+
+
 def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
     """Build the new state from ``state`` and a validated ``config``, and swap it in for new requests.
 
@@ -174,6 +212,7 @@ def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
     state.entry = entry_settings(state)
     # ---- other stateful parts: one line each (limits counters, fair queues, TLS certificates)
     state.affinity = _affinity(state.affinity, config)
+    _reload_limiter(state, config)
 
     if old_authenticator is not None and old_authenticator is not authenticator:
         old_authenticator.close()
@@ -190,7 +229,5 @@ def reload_state(state: GatewayState, config: GatewayConfig) -> ReloadReport:
         state.discovery.follow(backends, config.routing.discovery_interval)
     if running:
         for backend in retired:
-            task = asyncio.create_task(_retire_when_idle(state, backend))
-            state.tasks.add(task)
-            task.add_done_callback(state.tasks.discard)
+            _background(state, _retire_when_idle(state, backend))
     return report

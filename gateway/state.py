@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from .backends import Backend
     from .cors import CorsPolicy
     from .discovery import Discovery
+    from .limits import Limiter
     from .metrics import Metrics
     from .record import RequestRecord
     from .routing import Router
@@ -44,6 +45,7 @@ class GatewayState:
     authenticator: Authenticator | None  # None: no auth configured
     session: aiohttp.ClientSession | None = None  # opened in the app's cleanup context
     discovery: Discovery | None = None
+    limiter: Limiter | None = None  # None: no client has a limit (limits/)
     # The serving loop, kept at startup: on Python 3.11 every asyncio.get_running_loop() call
     # makes a getpid() system call, which the per-request path should not pay.
     loop: asyncio.AbstractEventLoop | None = None

@@ -226,6 +226,8 @@ async def relay(
     else:
         headers["Content-Type"] = content_type
     headers["X-Request-Id"] = rec.request_id
+    if rec.response_headers:
+        headers.update(rec.response_headers)
     rec.streamed = streamed
     rec.status = upstream.status
     loop = loop or asyncio.get_running_loop()

@@ -61,10 +61,14 @@ async def backend_factory() -> AsyncIterator[BackendFactory]:
 
 
 @pytest.fixture
-async def gateway_factory() -> AsyncIterator[GatewayFactory]:
+async def gateway_factory(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[GatewayFactory]:
     runners: list[web.AppRunner] = []
+    # Each test's limit counters in a file of its own (limits.state_path), not in the working folder.
+    state_path = str(tmp_path_factory.mktemp("state") / "gateway-state.sqlite3")
 
     async def make(config: dict[str, Any] | GatewayConfig) -> RunningGateway:
+        if isinstance(config, dict) and "state_path" not in (config.get("limits") or {}):
+            config = {**config, "limits": {**(config.get("limits") or {}), "state_path": state_path}}
         parsed = config if isinstance(config, GatewayConfig) else parse_config(config, "<test>")
         app = create_app(parsed)
         runner = make_runner(app)

@@ -42,6 +42,7 @@ BAD_KEY = "sk-dash-wrong"
 SCREENSHOT = os.environ.get("DASHBOARD_SCREENSHOT", "")
 SCHEME = os.environ.get("DASHBOARD_SCREENSHOT_SCHEME", "dark")
 WAIT_MS = 30_000
+ALICE_LIMITS = {"requests_per_minute": 60, "tokens_per_day": 200_000, "max_concurrent": 8}
 
 
 @dataclass(eq=False)
@@ -112,7 +113,8 @@ async def lab(gateway_factory: GatewayFactory, monkeypatch: pytest.MonkeyPatch) 
                      "models": ["llama3.2:latest"], "health_check": fast_checks},
                 ],
                 "aliases": {"gpt-4o-mini": "qwen2.5:7b"},
-                "auth": {"api_keys": [sha256_entry("ops", ADMIN_KEY, admin=True), sha256_entry("alice", USER_KEY),
+                "auth": {"api_keys": [sha256_entry("ops", ADMIN_KEY, admin=True),
+                                      {**sha256_entry("alice", USER_KEY), "limits": ALICE_LIMITS},
                                       sha256_entry("open-webui", WEBUI_KEY)]},
                 "metrics": {"inject_usage": True},
             }
@@ -201,6 +203,16 @@ async def test_dashboard_under_load(lab: RunningGateway) -> None:
         finally:
             load.cancel()
         await page.wait_for_selector('#clients tr[data-client="alice"]', state="attached", timeout=WAIT_MS)
+        await wait_until(page, """() => {
+            const row = document.querySelector('#limits tr[data-client="alice"]');
+            return row && row.cells[1].textContent !== "0" && row.cells[3].textContent.endsWith(" / 60");
+        }""")
+        limits_row = await page.eval_on_selector(
+            '#limits tr[data-client="alice"]', "row => Array.from(row.cells).map(c => c.textContent)"
+        )
+        assert limits_row[4] == "unlimited" and limits_row[5].endswith(" / 200,000")
+        webui = await page.eval_on_selector('#limits tr[data-client="open-webui"]', "row => row.cells[3].textContent")
+        assert webui == "unlimited"
     assert {200, 401, 404, 500} <= set(statuses)  # the load had each kind of answer the page counts
     assert not [p for p in problems if "401" not in p and "403" not in p], problems  # no CSP violation, no JS error
 
@@ -218,5 +230,6 @@ async def test_dashboard_without_auth_needs_no_key(
             await page.wait_for_selector("#routes tbody tr", timeout=WAIT_MS)
             assert "llama3.2:latest" in (await page.text_content("#routes") or "")
             assert not await page.is_visible("#auth")
+            assert await page.is_visible("#limits-empty")  # no client has a limit
     finally:
         await backend.stop()

@@ -14,8 +14,10 @@ import openai
 import pytest
 import yaml
 
+from gateway.config import GatewayConfig
 from gateway.configfile import parse_config
 from gateway.reload import reload_state
+from gateway.state import STATE
 
 from .conftest import BackendFactory, GatewayFactory, backend_entry
 from .gateway_process import gateway_process
@@ -220,3 +222,37 @@ def test_turning_auth_off_by_reload_is_refused_on_a_non_loopback_address(
     with caplog.at_level(logging.INFO, logger="gateway"):
         _reload(app, path, "0.0.0.0", 8080, ("0.0.0.0", 8080))
     assert app[STATE].router.aliases["fast"] == "m1"  # a safe file applies
+
+
+async def test_reload_keeps_limit_counters_and_turns_limits_on_and_off(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory, tmp_path: Path
+) -> None:
+    """limits follow SIGHUP's reload: counts carry over a changed limit; limits come on and go off live."""
+    backend = await backend_factory("b")
+    state_path = str(tmp_path / "state.sqlite3")
+
+    def config(rpm: int | None) -> GatewayConfig:
+        limits: dict[str, Any] = {"state_path": state_path}
+        if rpm is not None:
+            limits["default"] = {"requests_per_minute": rpm}
+        return parse_config({"backends": [backend_entry(backend)], "limits": limits}, "<test>")
+
+    gw = await gateway_factory(config(None))
+    state = gw.app[STATE]
+    chat = {"model": "llama3.2", "stream": False, "messages": [{"role": "user", "content": "hi"}]}
+
+    async def status() -> int:
+        async with aiohttp.ClientSession() as http, http.post(f"{gw.url}/api/chat", json=chat) as resp:
+            return resp.status
+
+    assert state.limiter is None and await status() == 200
+    reload_state(state, config(1))  # on: in use once its store has started
+    while state.limiter is None:
+        await asyncio.sleep(0.01)
+    assert [await status(), await status()] == [200, 429]
+    limiter = state.limiter
+    reload_state(state, config(2))  # the same limiter, the same minute's count, now against 2
+    assert state.limiter is limiter
+    assert [await status(), await status()] == [200, 429]
+    reload_state(state, config(None))  # off at once
+    assert state.limiter is None and await status() == 200
