@@ -67,6 +67,7 @@ class ChaosBackend:
     mode: str = "ok"  # ok | slow | hang | stall | 503 (kill stops the server instead)
     runner: web.AppRunner | None = None
     served: int = 0
+    seen: set[str] = field(default_factory=set)  # nonces of the requests that reached it (shared by all boxes)
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -104,6 +105,7 @@ class ChaosBackend:
         payload = await request.json()
         self.served += 1
         _, nonce, count = payload["messages"][-1]["content"].split()
+        self.seen.add(nonce)
         pieces = pieces_for(nonce, int(count))
         openai = request.path.startswith("/v1/")
         mode = self.mode
@@ -179,6 +181,7 @@ class Tally:
     lost: collections.Counter[str] = field(default_factory=collections.Counter)
     lost_examples: list[str] = field(default_factory=list)
     draining: bool = False  # set at the SIGTERM: later outcomes are reported under "[drain]"
+    forwarded: set[str] = field(default_factory=set)  # nonces any backend received
 
     def fail(self, reason: str) -> None:
         self.failed[("[drain] " if self.draining else "") + reason] += 1
@@ -290,6 +293,12 @@ async def one_request(
     except TimeoutError:
         tally.lose(f"no answer within {timeout:g}s", f"{kind} {nonce}")
     except aiohttp.ServerDisconnectedError as exc:
+        if tally.draining and nonce not in tally.forwarded:
+            # An idle keep-alive connection the draining gateway closed as this request went out: it never
+            # read it (had it read it, the drain would have let it finish or answered it in its dialect).
+            tally.sent -= 1
+            tally.not_accepted += 1
+            return
         tally.lose("disconnected without an answer", f"{kind} {nonce}: {exc!r}")
 
 
@@ -382,7 +391,8 @@ async def wait_ready(url: str, proc: asyncio.subprocess.Process, limit: float) -
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    backends = [ChaosBackend(f"box{i}", free_port()) for i in range(3)]
+    forwarded: set[str] = set()
+    backends = [ChaosBackend(f"box{i}", free_port(), seen=forwarded) for i in range(3)]
     for b in backends:
         await b.start()
     port = free_port()
@@ -397,7 +407,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             sys.executable, "-m", "gateway", "serve", "-c", config, stdout=log, stderr=log, env=env,
             start_new_session=True,
         )  # fmt: skip
-    tally, events, sighups = Tally(), [], 0
+    tally, events, sighups = Tally(forwarded=forwarded), [], 0
     try:
         await wait_ready(url, proc, 30.0)
         start = time.monotonic()

@@ -307,7 +307,7 @@ async def forward(
                 known = backend.models.get(backend.lookup_key(rec.model))
                 local = translation.local(known.entry if known is not None else None)
                 if local is not None:  # e.g. /api/show: the gateway knows the answer
-                    return web.Response(body=local, content_type="application/json")
+                    return web.Response(body=local, content_type="application/json", headers=rec.response_headers)
                 sent = json.dumps(translation.request(payload), ensure_ascii=False, separators=(",", ":")).encode()
                 path_qs = translation.upstream_path
         await backend.acquire(
