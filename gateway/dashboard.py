@@ -127,7 +127,9 @@ class _Snapshots:
             families = list(metrics.registry.collect())
         else:
             families = [
-                *metrics.upstream_errors.collect(), *metrics.auth_failures.collect(), *metrics.rate_limited.collect()
+                *metrics.upstream_errors.collect(),
+                *metrics.auth_failures.collect(),
+                *metrics.rate_limited.collect(),
             ]
         samples = [s for family in families for s in family.samples]
         return {

@@ -203,10 +203,13 @@ async def test_dashboard_under_load(lab: RunningGateway) -> None:
         finally:
             load.cancel()
         await page.wait_for_selector('#clients tr[data-client="alice"]', state="attached", timeout=WAIT_MS)
-        await wait_until(page, """() => {
+        await wait_until(
+            page,
+            """() => {
             const row = document.querySelector('#limits tr[data-client="alice"]');
             return row && row.cells[1].textContent !== "0" && row.cells[3].textContent.endsWith(" / 60");
-        }""")
+        }""",
+        )
         limits_row = await page.eval_on_selector(
             '#limits tr[data-client="alice"]', "row => Array.from(row.cells).map(c => c.textContent)"
         )

@@ -7,8 +7,9 @@ IPv6 by /64) and per request to a proxied endpoint:
    the client is at ``max_concurrent``; then count the request against ``requests_per_minute``.
    Refusals raise ``TooManyRequests`` with ``Retry-After`` (when the request would be admitted),
    OpenAI's ``x-ratelimit-*`` headers and a message naming the limit and when it resets. An
-   admission carries those headers for the response too. Only when a shared store's local lease
-   cannot decide is the request ``pending``: ``settle`` then awaits the store once.
+   admitted request gets those headers for its response (``RequestRecord.response_headers``,
+   which the relay sends). Only when a shared store's local lease cannot decide is the admission
+   a ``Pending``: ``settle`` then awaits the store once.
 2. ``finish``: when the response is over, charge its tokens (prompt + completion, exactly as the
    metrics count them) and free its concurrency slot.
 
