@@ -1,0 +1,1 @@
+"""Dialect bridge: translations between client dialects and what a backend speaks."""

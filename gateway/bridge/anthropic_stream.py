@@ -1,0 +1,339 @@
+"""An OpenAI Chat Completions SSE stream, rewritten as Anthropic Messages events as it arrives.
+
+``AnthropicStream.feed`` takes upstream bytes split anywhere and returns the client events for
+every upstream event completed by them (only an incomplete trailing event is held, never a
+finished one). Each client event is ``event: <type>\\ndata: <json>\\n\\n``:
+
+    message_start                      (usage.input_tokens as known: usually 0 until the end)
+    content_block_start / _delta / _stop   per block, indices in order: ``thinking`` (when asked
+                                       for), ``text`` (text_delta), ``tool_use`` (input_json_delta
+                                       with the arguments as they stream)
+    message_delta                      stop_reason, stop_sequence, usage (the final counts)
+    message_stop
+
+A new block closes the open one. Text after a tool call opens a new text block. OpenAI servers
+send one tool call after another; an argument piece for a call whose block is already closed
+(interleaved calls) is still sent, at that block's index, so no input is lost.
+
+The stream ends cleanly on ``[DONE]`` or, in ``finish``, when the backend's stream ended after a
+``finish_reason``. An upstream ``{"error": ...}`` event, an event too large to hold, or an end
+without a ``finish_reason`` becomes an Anthropic ``error`` event and the end of the translation,
+never a clean ``message_stop``. Nothing here raises on any input.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["FINISH_REASONS", "MAX_EVENT", "AnthropicStream", "Outcome", "anthropic_usage", "sse_event"]
+
+MAX_EVENT = 16 * 1024 * 1024  # an upstream event longer than this ends the stream with an error
+FINISH_REASONS = {
+    "stop": "end_turn",
+    "length": "max_tokens",
+    "tool_calls": "tool_use",
+    "function_call": "tool_use",
+    "content_filter": "refusal",
+}
+TEXT, THINKING, TOOL = "text", "thinking", "tool_use"
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def sse_event(kind: str, doc: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), _dumps(doc).encode())
+
+
+class Outcome:
+    """How the answer ended and what it cost, from the backend's ``finish_reason`` and ``usage``."""
+
+    __slots__ = ("cached", "completion", "finish_reason", "matched", "prompt", "stop_sequences", "tools_called")
+
+    def __init__(self, stop_sequences: tuple[str, ...] = ()) -> None:
+        self.stop_sequences = stop_sequences
+        self.finish_reason: str | None = None
+        self.matched: str | None = None  # vLLM names the stop string that ended the answer
+        self.tools_called = False
+        self.prompt: int | None = None
+        self.completion: int | None = None
+        self.cached = 0
+
+    def finish(self, choice: dict[str, Any]) -> None:
+        reason = choice.get("finish_reason")
+        if isinstance(reason, str) and reason:
+            self.finish_reason = reason
+            matched = choice.get("stop_reason")
+            self.matched = matched if isinstance(matched, str) else None
+
+    def usage(self, usage: dict[str, Any]) -> None:
+        prompt, completion = usage.get("prompt_tokens"), usage.get("completion_tokens")
+        if isinstance(prompt, int) and not isinstance(prompt, bool):
+            self.prompt = prompt
+            details = usage.get("prompt_tokens_details")
+            cached = details.get("cached_tokens") if isinstance(details, dict) else None
+            self.cached = cached if isinstance(cached, int) and 0 < cached <= prompt else 0
+        if isinstance(completion, int) and not isinstance(completion, bool):
+            self.completion = completion
+
+    def stop(self) -> tuple[str, str | None]:
+        """(stop_reason, stop_sequence). A tool call with a plain "stop" (as some servers send) is
+        still ``tool_use``: agents run tools only on that."""
+        reason = self.finish_reason
+        if self.tools_called and reason in (None, "stop", "tool_calls", "function_call"):
+            return "tool_use", None
+        if reason == "stop" and self.matched is not None and self.matched in self.stop_sequences:
+            return "stop_sequence", self.matched
+        return FINISH_REASONS.get(reason or "stop", "end_turn"), None
+
+
+def anthropic_usage(outcome: Outcome) -> dict[str, int]:
+    """OpenAI counts cached prompt tokens inside ``prompt_tokens``; Anthropic apart from ``input_tokens``."""
+    usage = {"input_tokens": (outcome.prompt or 0) - outcome.cached, "output_tokens": outcome.completion or 0}
+    if outcome.cached:
+        usage["cache_read_input_tokens"] = outcome.cached
+    return usage
+
+
+def _event_data(event: bytes) -> bytes | None:
+    """The ``data`` of one SSE event (several data lines joined by newlines), or None."""
+    if event.startswith(b"data: ") and b"\n" not in event:  # what every OpenAI server sends
+        return event[6:]
+    found: list[bytes] = []
+    for line in event.split(b"\n"):
+        if line.startswith(b"data:"):
+            value = line[5:]
+            found.append(value[1:] if value[:1] == b" " else value)
+    return b"\n".join(found) if found else None
+
+
+class AnthropicStream:
+    """The translator of one streamed answer (see the module docstring)."""
+
+    __slots__ = ("_block", "_buf", "_cr", "_done", "_kind", "_next", "_pending", "_started", "_text_prefix",
+                 "_tools", "message_id", "model", "outcome", "thinking")  # fmt: skip
+
+    def __init__(
+        self, *, model: str, message_id: str, thinking: bool = False, stop_sequences: tuple[str, ...] = ()
+    ) -> None:
+        self.model = model
+        self.message_id = message_id
+        self.thinking = thinking
+        self.outcome = Outcome(stop_sequences)
+        self._buf = b""  # the incomplete trailing event, line ends normalised to "\n"
+        self._cr = False  # the data so far ended in a bare "\r" (maybe half of a "\r\n")
+        self._started = False  # message_start sent
+        self._done = False  # message_stop or error sent: nothing more is translated
+        self._kind: str | None = None  # the open block's kind
+        self._block = -1  # the open block's index
+        self._next = 0  # the next block's index
+        self._text_prefix = b""  # the open text block's delta event, up to the text
+        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
+        self._pending: dict[int, list[Any]] = {}  # tool calls whose name has not arrived: [id, args...]
+
+    # ------------------------------------------------------------------ bytes in, events out
+
+    def feed(self, chunk: bytes) -> bytes:
+        if self._done or not chunk:
+            return b""
+        if self._cr:
+            self._cr = False
+            if chunk[:1] == b"\n":
+                chunk = chunk[1:]
+        data = self._buf + chunk if self._buf else chunk
+        if b"\r" in chunk:
+            if data.endswith(b"\r"):
+                self._cr = True
+            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        end = data.rfind(b"\n\n")
+        if end < 0:
+            self._buf = data
+            return self._too_long() if len(data) > MAX_EVENT else b""
+        self._buf = data[end + 2 :]
+        out: list[bytes] = []
+        for event in data[:end].split(b"\n\n"):
+            if event:
+                self._event(event, out)
+                if self._done:
+                    break
+        if len(self._buf) > MAX_EVENT and not self._done:
+            out.append(self._too_long())
+        return b"".join(out)
+
+    def finish(self) -> bytes:
+        """After the backend's stream ended cleanly: the closing events, or an error if it ended early."""
+        if self._done:
+            return b""
+        out: list[bytes] = []
+        if self._buf.strip(b"\n"):
+            self._event(self._buf, out)
+            self._buf = b""
+        if not self._done:
+            if self.outcome.finish_reason is not None:
+                self._end(out)
+            else:
+                self._fail(out, "api_error", "the backend's stream ended before the answer was complete")
+        return b"".join(out)
+
+    # ------------------------------------------------------------------ one upstream event
+
+    def _event(self, event: bytes, out: list[bytes]) -> None:
+        if len(event) > MAX_EVENT:
+            out.append(self._too_long())
+            return
+        data = _event_data(event)
+        if data is None:
+            return  # a comment (keep-alive) or a field without data
+        if data == b"[DONE]":
+            self._end(out)
+            return
+        try:
+            chunk = json.loads(data)
+        except ValueError:  # includes UnicodeDecodeError: not an event we can use
+            return
+        if not isinstance(chunk, dict):
+            return
+        if "error" in chunk:  # vLLM and others report a failure mid-stream this way
+            self._fail(out, "api_error", _upstream_message(chunk["error"]))
+            return
+        usage = chunk.get("usage")
+        if isinstance(usage, dict):
+            self.outcome.usage(usage)
+        if not self._started:
+            self._start(out)
+        choices = chunk.get("choices")
+        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+            return  # the usage chunk, or nothing for us
+        choice = choices[0]
+        delta = choice.get("delta")
+        if isinstance(delta, dict):
+            if self.thinking:
+                reasoning = delta.get("reasoning_content") or delta.get("reasoning")
+                if isinstance(reasoning, str) and reasoning:
+                    self._thinking(reasoning, out)
+            text = delta.get("content")
+            if isinstance(text, str) and text:
+                self._text(text, out)
+            calls = delta.get("tool_calls")
+            if isinstance(calls, list):
+                for position, call in enumerate(calls):
+                    if isinstance(call, dict):
+                        self._tool_call(call, position, out)
+        self.outcome.finish(choice)
+
+    def _start(self, out: list[bytes]) -> None:
+        self._started = True
+        message: dict[str, Any] = {
+            "id": self.message_id,
+            "type": "message",
+            "role": "assistant",
+            "model": self.model,
+            "content": [],
+            "stop_reason": None,
+            "stop_sequence": None,
+            "usage": anthropic_usage(self.outcome),
+        }
+        out.append(sse_event("message_start", {"type": "message_start", "message": message}))
+
+    # ------------------------------------------------------------------ blocks
+
+    def _open(self, kind: str, block: dict[str, Any], out: list[bytes]) -> int:
+        self._close(out)
+        index = self._block = self._next
+        self._next += 1
+        self._kind = kind
+        doc = {"type": "content_block_start", "index": index, "content_block": block}
+        out.append(sse_event("content_block_start", doc))
+        return index
+
+    def _close(self, out: list[bytes]) -> None:
+        if self._kind is not None:
+            out.append(sse_event("content_block_stop", {"type": "content_block_stop", "index": self._block}))
+            self._kind = None
+
+    def _text(self, text: str, out: list[bytes]) -> None:
+        if self._kind != TEXT:
+            index = self._open(TEXT, {"type": "text", "text": ""}, out)
+            self._text_prefix = (
+                b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
+                b'"delta":{"type":"text_delta","text":' % index
+            )
+        out.append(self._text_prefix + _dumps(text).encode() + b"}}\n\n")
+
+    def _thinking(self, text: str, out: list[bytes]) -> None:
+        if self._kind != THINKING:
+            self._open(THINKING, {"type": "thinking", "thinking": "", "signature": ""}, out)
+        delta = {"type": "thinking_delta", "thinking": text}
+        out.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": self._block,
+                                                     "delta": delta}))  # fmt: skip
+
+    def _tool_call(self, call: dict[str, Any], position: int, out: list[bytes]) -> None:
+        slot = call.get("index")
+        if not isinstance(slot, int) or isinstance(slot, bool):
+            slot = position  # servers that omit the index send each call whole, in order
+        function = call.get("function")
+        function = function if isinstance(function, dict) else {}
+        name, arguments = function.get("name"), function.get("arguments")
+        if isinstance(arguments, dict):  # an object already (Ollama): its JSON text
+            arguments = _dumps(arguments)
+        arguments = arguments if isinstance(arguments, str) else ""
+        index = self._tools.get(slot)
+        if index is None:
+            pending = self._pending.get(slot)
+            if pending is None:
+                pending = self._pending[slot] = [call.get("id")]
+            elif pending[0] is None:
+                pending[0] = call.get("id")
+            if arguments:
+                pending.append(arguments)
+            if not (isinstance(name, str) and name):
+                return  # the name comes first in every server's stream; hold the call until it does
+            index = self._open_tool(slot, name, out)
+            arguments = ""
+        if arguments:
+            self._arguments(index, arguments, out)
+
+    def _open_tool(self, slot: int, name: str, out: list[bytes]) -> int:
+        pending = self._pending.pop(slot)
+        call_id = pending[0] if isinstance(pending[0], str) and pending[0] else f"toolu_{self.message_id[4:]}_{slot}"
+        block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
+        index = self._tools[slot] = self._open(TOOL, block, out)
+        self.outcome.tools_called = True
+        for piece in pending[1:]:
+            self._arguments(index, piece, out)
+        return index
+
+    def _arguments(self, index: int, piece: str, out: list[bytes]) -> None:
+        delta = {"type": "input_json_delta", "partial_json": piece}
+        out.append(sse_event("content_block_delta", {"type": "content_block_delta", "index": index,
+                                                     "delta": delta}))  # fmt: skip
+
+    # ------------------------------------------------------------------ the end
+
+    def _end(self, out: list[bytes]) -> None:
+        for slot in list(self._pending):  # a call whose name never came still reaches the client
+            self._open_tool(slot, "", out)
+        if not self._started:
+            self._start(out)
+        self._close(out)
+        stop_reason, stop_sequence = self.outcome.stop()
+        delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
+        usage = anthropic_usage(self.outcome)
+        out.append(sse_event("message_delta", {"type": "message_delta", "delta": delta, "usage": usage}))
+        out.append(sse_event("message_stop", {"type": "message_stop"}))
+        self._done = True
+
+    def _fail(self, out: list[bytes], kind: str, message: str) -> None:
+        out.append(sse_event("error", {"type": "error", "error": {"type": kind, "message": message}}))
+        self._done = True
+        self._buf = b""
+
+    def _too_long(self) -> bytes:
+        out: list[bytes] = []
+        self._fail(out, "api_error", f"the backend sent a stream event longer than {MAX_EVENT} bytes")
+        return b"".join(out)
+
+
+def _upstream_message(error: Any) -> str:
+    if isinstance(error, dict) and isinstance(error.get("message"), str):
+        return str(error["message"])
+    return error if isinstance(error, str) else json.dumps(error, ensure_ascii=False)
