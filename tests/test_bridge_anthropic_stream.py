@@ -285,8 +285,15 @@ def test_sse_framing_variants() -> None:
     assert compact(run(multiline)) == plain
 
 
+def multiline(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    """One event whose JSON is cut over two data lines (joined by a newline, still valid JSON)."""
+    text = json.dumps(chunk(delta, finish))
+    return b"data: " + text[:1].encode() + b"\ndata: " + text[1:].encode() + b"\n\n"
+
+
 def test_a_crlf_split_between_chunks_is_one_line_end() -> None:
-    raw = sse(chunk({"content": "a"}), chunk({}, "stop"), "[DONE]").replace(b"\n", b"\r\n")
+    raw = (multiline({"content": "a"}) + sse(chunk({}, "stop"), "[DONE]")).replace(b"\n", b"\r\n")
+    assert compact(run(raw))[2] == ("delta", 0, "a")
     stream = translator()
     out = b""
     for i in range(len(raw)):
@@ -326,6 +333,7 @@ deltas = st.one_of(
 )
 upstream_events = st.one_of(
     st.builds(lambda d, f: sse(chunk(d, f)), deltas, st.sampled_from([None, None, "stop", "length", "tool_calls"])),
+    st.builds(multiline, deltas),
     st.builds(lambda p, c: sse(usage(p, c)), st.integers(0, 10**6), st.integers(0, 10**6)),
     st.just(sse("[DONE]")),
     st.just(b": ping\n\n"),
