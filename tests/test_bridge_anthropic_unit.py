@@ -96,7 +96,11 @@ def test_tool_use_and_tool_result_round_trip() -> None:
             "role": "assistant",
             "content": "Let me look.",
             "tool_calls": [
-                {"id": "toolu_1", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Paris"}'}},
+                {
+                    "id": "toolu_1",
+                    "type": "function",
+                    "function": {"name": "weather", "arguments": '{"city": "Paris"}'},
+                },
                 {"id": "toolu_2", "type": "function", "function": {"name": "weather", "arguments": '{"city": "Rome"}'}},
             ],
         },
@@ -210,11 +214,15 @@ def test_dropped_fields() -> None:
             "messages[0].content[0]: a 'document' block cannot be translated",
         ),
         (
-            req(messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]),
+            req(
+                messages=[{"role": "user", "content": [{"type": "image", "source": {"type": "file", "file_id": "f"}}]}]
+            ),
             "messages[0].content[0].source: an image source of type 'file' cannot be translated",
         ),
         (
-            req(messages=[{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": 1}]}]),
+            req(
+                messages=[{"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": 1}]}]
+            ),
             "messages[0].content[0].input: expected an object",
         ),
         (req(system=3), "system: expected a string or a list of text blocks"),
