@@ -350,7 +350,7 @@ def test_tool_input() -> None:
     [
         (400, {"error": {"message": "bad temperature", "type": "BadRequestError"}}, "invalid_request_error",
          "bad temperature"),
-        (404, {"error": {"message": "The model `x` does not exist."}}, "not_found_error", "The model `x` does not exist."),
+        (404, {"error": {"message": "no model x"}}, "not_found_error", "no model x"),
         (422, {"detail": [{"loc": ["body", "messages"], "msg": "field required"}]}, "invalid_request_error",
          '[{"loc": ["body", "messages"], "msg": "field required"}]'),
         (429, {"error": "slow down"}, "rate_limit_error", "slow down"),
