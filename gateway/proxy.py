@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .auth import ANONYMOUS
 from .backends import Backend
+from .bridge import Translation, adapt_response, translation_for
 from .errors import (
     BadGateway,
     BadRequest,
@@ -37,7 +38,7 @@ from .errors import (
 from .headers import upstream_headers
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
-from .streaming import relay
+from .streaming import Transform, relay
 from .upstream import (
     UpstreamConnectError,
     UpstreamConnectTimeout,
@@ -194,7 +195,7 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         if changed:
             body = json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
     try:
-        response = await forward(request, state, spec, rec, candidates, body, transform)
+        response = await forward(request, state, spec, rec, candidates, body, transform, payload)
     finally:
         if spec.changes_models and state.discovery is not None:
             state.discovery.refresh_soon()
@@ -246,6 +247,7 @@ async def forward(
     candidates: list[Backend],
     body: bytes | aiohttp.StreamReader | None,
     transform: UsageStripper | None,
+    payload: dict[str, Any] | None = None,
 ) -> web.StreamResponse:
     assert state.session is not None
     config = state.config
@@ -253,9 +255,22 @@ async def forward(
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
     error: GatewayError | None = None
+    dialect = spec.dialect.value
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
+        # The dialect bridge, decided per attempt: a failover may reach a backend speaking another dialect.
+        translation: Translation | None = None
+        sent, path_qs = body, None
+        if payload is not None and dialect not in backend.config.speaks:
+            translation = translation_for(spec.path, backend.config.speaks, payload)
+            if translation is not None:
+                known = backend.models.get(backend.lookup_key(rec.model))
+                local = translation.local(known.entry if known is not None else None)
+                if local is not None:  # e.g. /api/show: the gateway knows the answer
+                    return web.Response(body=local, content_type="application/json")
+                sent = json.dumps(translation.request(payload), ensure_ascii=False, separators=(",", ":")).encode()
+                path_qs = translation.upstream_path
         await backend.acquire(config.routing.queue_size, config.routing.queue_timeout)
         if in_flight is not None:
             in_flight.started(backend.name)
@@ -273,7 +288,7 @@ async def forward(
             elif request.content_type and body is not None:
                 headers["Content-Type"] = request.content_type
             try:
-                upstream = await open_upstream(state.session, backend, request, headers, body, rec)
+                upstream = await open_upstream(state.session, backend, request, headers, sent, rec, path_qs)
             except (BadGateway, GatewayTimeout) as exc:  # a 400 (unforwardable request) is the client's
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
@@ -297,6 +312,12 @@ async def forward(
                     metrics.upstream_error(backend.name, "status")
                 continue
             rec.error = ""
+            relayed: Transform | None = transform
+            client_type = None
+            if translation is not None:
+                relayed, client_type = adapt_response(
+                    translation, upstream.status, upstream.headers.get("Content-Type", "")
+                )
             try:
                 return await relay(
                     request,
@@ -306,9 +327,10 @@ async def forward(
                     first_byte=backend.config.timeouts.first_byte,
                     idle=backend.config.timeouts.idle,
                     count_usage=metrics is not None and spec.counts_usage,
-                    transform=transform,
+                    transform=relayed,
                     cors=state.cors if state.cors.enabled else None,
                     loop=state.loop,
+                    content_type=client_type,
                 )
             finally:
                 if rec.error and metrics is not None:
@@ -334,19 +356,23 @@ async def open_upstream(
     headers: Any,
     body: bytes | aiohttp.StreamReader | None,
     rec: RequestRecord,
+    path_qs: str | None = None,
 ) -> Upstream:
     """Send the request and wait for the response head, mapping failures to 502/504.
 
     Plain-HTTP backends go through the backend's lean keep-alive pool (``upstream/``); HTTPS
-    backends and streamed uploads (blobs) through aiohttp's client.
+    backends and streamed uploads (blobs) through aiohttp's client. ``path_qs`` replaces the
+    client's (a translated request).
     """
+    if path_qs is None:
+        path_qs = request.path_qs
     timeouts = backend.config.timeouts
     deadline = rec.start + timeouts.first_byte
     pool = backend.pool
     if pool is not None and not isinstance(body, aiohttp.StreamReader):
         try:
             return await pool.request(
-                request.method, backend.prefix + request.path_qs, headers, body, timeouts.connect, deadline
+                request.method, backend.prefix + path_qs, headers, body, timeouts.connect, deadline
             )
         except ValueError as exc:  # a header that cannot be written safely (e.g. CR/LF in a value)
             raise BadRequest(f"the request cannot be forwarded: {exc}") from None
@@ -356,7 +382,7 @@ async def open_upstream(
         async with asyncio.timeout_at(deadline):
             return await session.request(
                 request.method,
-                backend.url(request.path_qs),
+                backend.url(path_qs),
                 data=payload_of(body),
                 headers=headers,
                 timeout=backend.client_timeout,

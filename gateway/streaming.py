@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import aiohttp
 from aiohttp import web
@@ -24,13 +24,21 @@ from .errors import BadGateway, Dialect, GatewayError, GatewayTimeout, error_bod
 from .headers import downstream_headers
 from .record import RequestRecord
 from .upstream import UpstreamError, UpstreamProtocolError, UpstreamResponse
-from .usage import UsageStripper, count_whole_body, make_scanner
+from .usage import count_whole_body, make_scanner
 
-__all__ = ["SMALL_BODY", "STREAM_TYPES", "Watchdog", "relay"]
+__all__ = ["SMALL_BODY", "STREAM_TYPES", "Transform", "Watchdog", "relay"]
 
 STREAM_TYPES = ("text/event-stream", "application/x-ndjson")
 SMALL_BODY = 256 * 1024  # non-streamed bodies up to this size are read whole and sent in one write
 PROTOCOL_ERRORS = (aiohttp.ClientPayloadError, UpstreamProtocolError)
+
+
+class Transform(Protocol):
+    """Rewrites a body on its way (usage.UsageStripper, the dialect bridge's translators)."""
+
+    def feed(self, chunk: bytes) -> bytes: ...  # upstream bytes in, bytes to send now out (maybe b"")
+
+    def flush(self) -> bytes: ...  # after a clean upstream end: what is still to send
 
 
 class Watchdog:
@@ -163,19 +171,26 @@ async def relay(
     first_byte: float,
     idle: float,
     count_usage: bool = False,
-    transform: UsageStripper | None = None,
+    transform: Transform | None = None,
     cors: CorsPolicy | None = None,
     loop: asyncio.AbstractEventLoop | None = None,
+    content_type: str | None = None,
 ) -> web.StreamResponse:
     """Copy status, filtered headers and body bytes to the client as they arrive.
 
-    With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``).
+    With ``count_usage`` the token counts are read from the bytes on their way (``usage.py``), as
+    the backend sent them. ``content_type`` replaces the backend's for a ``transform`` that
+    changes the body's format (the dialect bridge).
     A response that is not streamed is returned unsent, for the entry middleware to finish; a
     streamed one gets its request id and ``cors`` headers here, before its head goes out.
     """
-    content_type = upstream.headers.get("Content-Type", "")
-    streamed = content_type.startswith(STREAM_TYPES)
+    upstream_type = upstream.headers.get("Content-Type", "")
+    streamed = upstream_type.startswith(STREAM_TYPES)
     headers = downstream_headers(upstream.headers, streamed=streamed)
+    if content_type is None:
+        content_type = upstream_type
+    else:
+        headers["Content-Type"] = content_type
     headers["X-Request-Id"] = rec.request_id
     rec.streamed = streamed
     rec.status = upstream.status
@@ -188,7 +203,7 @@ async def relay(
         watchdog = None if complete else Watchdog(loop, content, rec.start, first_byte, idle)
         return await _whole(upstream, rec, headers, watchdog, count_usage, loop)
     watchdog = Watchdog(loop, content, rec.start, first_byte, idle)
-    scanner = make_scanner(rec.endpoint, content_type) if count_usage else None
+    scanner = make_scanner(rec.endpoint, upstream_type) if count_usage else None
     scan = scanner.feed if scanner is not None else None
     if cors is not None:
         cors.apply_response_headers(headers, request.headers.get("Origin"))
