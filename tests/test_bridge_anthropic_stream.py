@@ -10,7 +10,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.bridge.anthropic_stream import MAX_EVENT, AnthropicStream
+from gateway.bridge.anthropic_stream import AnthropicStream
+from gateway.bridge.base import MAX_EVENT
 
 
 def chunk(delta: dict[str, Any] | None = None, finish: str | None = None, **extra: Any) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def events(raw: bytes) -> list[tuple[str, dict[str, Any]]]:
 
 def run(raw: bytes, **kw: Any) -> list[tuple[str, dict[str, Any]]]:
     stream = translator(**kw)
-    return events(stream.feed(raw) + stream.finish())
+    return events(stream.feed(raw) + stream.flush())
 
 
 def compact(evs: list[tuple[str, dict[str, Any]]]) -> list[Any]:
@@ -127,12 +128,12 @@ def test_each_event_is_translated_as_it_arrives() -> None:
     assert stream.feed(b'data: {"choices":[{"delta":{"content":"b"}') == b""  # incomplete: held
     assert compact(events(stream.feed(b"}]}\n\n"))) == [("delta", 0, "b")]
     assert compact(events(stream.feed(sse(chunk({}, "length"))))) == []  # usage may follow: not ended yet
-    assert compact(events(stream.finish())) == [
+    assert compact(events(stream.flush())) == [
         ("stop", 0),
         ("message_delta", "max_tokens", None, {"input_tokens": 0, "output_tokens": 0}),
         ("message_stop",),
     ]
-    assert stream.feed(sse(chunk({"content": "late"}))) == b"" and stream.finish() == b""
+    assert stream.feed(sse(chunk({"content": "late"}))) == b"" and stream.flush() == b""
 
 
 def test_usage_known_at_start_goes_into_message_start() -> None:
@@ -246,7 +247,7 @@ def test_cached_tokens_are_reported_apart() -> None:
 def test_upstream_error_event_ends_with_an_anthropic_error() -> None:
     raw = sse(chunk({"content": "par"}), {"error": {"message": "CUDA OOM", "type": "InternalServerError"}})
     stream = translator()
-    evs = events(stream.feed(raw + sse(chunk({"content": "ignored"}))) + stream.finish())
+    evs = events(stream.feed(raw + sse(chunk({"content": "ignored"}))) + stream.flush())
     assert compact(evs) == [("message_start",), ("start", 0, "text"), ("delta", 0, "par"), ("error", "api_error")]
     assert evs[-1][1] == {"type": "error", "error": {"type": "api_error", "message": "CUDA OOM"}}
     assert "message_stop" not in [kind for kind, _ in evs]
@@ -298,16 +299,17 @@ def test_a_crlf_split_between_chunks_is_one_line_end() -> None:
     out = b""
     for i in range(len(raw)):
         out += stream.feed(raw[i : i + 1])
-    assert compact(events(out + stream.finish())) == compact(run(raw))
+    assert compact(events(out + stream.flush())) == compact(run(raw))
 
 
-def test_an_oversized_event_ends_the_stream() -> None:
+def test_an_oversized_event_is_dropped_and_the_stream_goes_on() -> None:
     stream = translator()
     head = stream.feed(sse(chunk({"content": "a"})))
-    out = stream.feed(b"data: " + b"x" * (MAX_EVENT + 1))
-    assert compact(events(head + out)) == [("message_start",), ("start", 0, "text"), ("delta", 0, "a"),
-                                           ("error", "api_error")]  # fmt: skip
-    assert stream.feed(b"\n\n") == b"" and stream.finish() == b""
+    assert stream.feed(b"data: " + b"x" * (MAX_EVENT + 1)) == b""
+    tail = stream.feed(b"\n\n" + sse(chunk({"content": "b"}, "stop"), "[DONE]")) + stream.flush()
+    assert compact(events(head + tail)) == [("message_start",), ("start", 0, "text"), ("delta", 0, "a"),
+                                            ("delta", 0, "b"), ("stop", 0), ("message_delta", "end_turn", None,
+                                            {"input_tokens": 0, "output_tokens": 0}), ("message_stop",)]  # fmt: skip
 
 
 def test_unicode_and_escapes_survive() -> None:
@@ -349,7 +351,7 @@ def feed_split(raw: bytes, cuts: list[int], **kw: Any) -> bytes:
     for cut in sorted(c % (len(raw) + 1) for c in cuts):
         out += stream.feed(raw[last:cut])
         last = cut
-    return out + stream.feed(raw[last:]) + stream.finish()
+    return out + stream.feed(raw[last:]) + stream.flush()
 
 
 @settings(max_examples=300, deadline=None)
@@ -359,7 +361,7 @@ def test_any_split_yields_the_same_events_as_the_whole(raw: bytes, cuts: list[in
     if crlf:
         raw = raw.replace(b"\n", b"\r\n")
     whole = translator(thinking=thinking)
-    expected = whole.feed(raw) + whole.finish()
+    expected = whole.feed(raw) + whole.flush()
     assert feed_split(raw, cuts, thinking=thinking) == expected
     evs = events(expected)  # well-formed, and in the protocol's order:
     kinds = [kind for kind, _ in evs]

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Mapping
 from typing import Any
 
 from ..errors import (
@@ -31,8 +32,10 @@ from ..errors import (
     error_body,
 )
 from .anthropic_stream import AnthropicStream, Outcome, anthropic_usage
+from .base import Translation, dumps, error_message
 
 __all__ = [
+    "ROUTES",
     "AnthropicToOpenAI",
     "new_message_id",
     "translate_error",
@@ -41,8 +44,6 @@ __all__ = [
 ]
 
 UPSTREAM_PATH = "/v1/chat/completions"
-# Backend types whose OpenAI endpoint takes ``top_k`` (an extension; OpenAI proper rejects it).
-TOP_K_TYPES = frozenset({"vllm", "lmstudio", "ollama"})
 IGNORED_BLOCKS = frozenset({"thinking", "redacted_thinking"})  # earlier turns' reasoning: not resent
 ERROR_CLASSES: dict[int, type[GatewayError]] = {
     400: BadRequest,
@@ -54,7 +55,6 @@ ERROR_CLASSES: dict[int, type[GatewayError]] = {
     503: ServiceUnavailable,
     529: ServiceUnavailable,
 }
-MAX_ERROR_MESSAGE = 2000
 
 
 def new_message_id() -> str:
@@ -261,8 +261,10 @@ def _number(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) ->
     return value
 
 
-def translate_request(payload: dict[str, Any], *, top_k: bool = True) -> dict[str, Any]:
-    """The Chat Completions body for a Messages request (``top_k`` only where the backend takes it)."""
+def translate_request(payload: dict[str, Any]) -> dict[str, Any]:
+    """The Chat Completions body for a Messages request.
+
+    ``top_k`` is sent as is: vLLM, llama.cpp and LM Studio take it, Ollama's ``/v1`` ignores it."""
     messages = _messages(payload.get("messages"))
     system = payload.get("system")
     if system is not None:
@@ -275,7 +277,7 @@ def translate_request(payload: dict[str, Any], *, top_k: bool = True) -> dict[st
     for key in ("temperature", "top_p"):
         if payload.get(key) is not None:
             body[key] = _number(payload, key, (int, float))
-    if top_k and payload.get("top_k") is not None:
+    if payload.get("top_k") is not None:
         body["top_k"] = _number(payload, "top_k", int)
     stops = payload.get("stop_sequences")
     if stops:
@@ -298,7 +300,7 @@ def translate_request(payload: dict[str, Any], *, top_k: bool = True) -> dict[st
     return body
 
 
-def wants_thinking(payload: dict[str, Any]) -> bool:
+def wants_thinking(payload: Mapping[str, Any]) -> bool:
     """``thinking: {type: enabled|adaptive}``: the backend's reasoning text is returned as
     ``thinking`` blocks. Otherwise it is dropped, as Anthropic's API returns none."""
     thinking = payload.get("thinking")
@@ -384,72 +386,48 @@ def translate_response(
 # --------------------------------------------------------------------------- errors
 
 
-def _error_message(body: bytes) -> str:
-    """The backend's own message from any of the usual error shapes, else its text."""
-    try:
-        doc = json.loads(body)
-    except ValueError:
-        doc = None
-    found: Any = None
-    if isinstance(doc, dict):
-        error = doc.get("error")
-        if isinstance(error, dict):
-            found = error.get("message")
-        elif isinstance(error, str):
-            found = error
-        if found is None:
-            found = doc.get("message") if doc.get("message") is not None else doc.get("detail")
-    if found is None:
-        found = body.decode("utf-8", "replace").strip()
-    text = found if isinstance(found, str) else json.dumps(found, ensure_ascii=False)
-    return text[:MAX_ERROR_MESSAGE]
-
-
 def translate_error(status: int, body: bytes) -> bytes:
     """An error answer from the backend, in Anthropic's shape (the status is kept)."""
     cls = ERROR_CLASSES.get(status) or (BadRequest if 400 <= status < 500 else GatewayError)
-    message = _error_message(body) or f"the backend answered HTTP {status}"
-    return error_body(Dialect.ANTHROPIC, cls(message))
+    return error_body(Dialect.ANTHROPIC, cls(error_message(status, body)))
 
 
 # --------------------------------------------------------------------------- the translation
 
 
-class AnthropicToOpenAI:
+class AnthropicToOpenAI(Translation):
     """One ``/v1/messages`` request's translation, holding what the answer needs from the request."""
-
-    __slots__ = ("message_id", "model", "stop_sequences", "thinking", "top_k")
 
     upstream_path = UPSTREAM_PATH
     stream_content_type = "text/event-stream"
 
-    def __init__(self, *, backend_type: str = "openai", message_id: str | None = None) -> None:
-        self.top_k = backend_type in TOP_K_TYPES
+    def __init__(self, payload: Mapping[str, Any], *, message_id: str | None = None) -> None:
+        model = payload.get("model")
+        self.model = model if isinstance(model, str) else ""
         self.message_id = message_id or new_message_id()
-        self.model = ""
-        self.thinking = False
-        self.stop_sequences: tuple[str, ...] = ()
+        self.thinking = wants_thinking(payload)
+        stops = payload.get("stop_sequences")
+        self.stop_sequences = tuple(s for s in stops if isinstance(s, str)) if isinstance(stops, list) else ()
 
     def request(self, payload: dict[str, Any]) -> dict[str, Any]:
-        body = translate_request(payload, top_k=self.top_k)
-        self.model = payload.get("model") or ""
-        self.thinking = wants_thinking(payload)
-        self.stop_sequences = tuple(body.get("stop", ()))
-        return body
+        return translate_request(payload)
 
     def response(self, body: bytes) -> bytes:
         try:
             doc = json.loads(body)
         except ValueError:
-            raise BadGateway("the backend's answer is not valid JSON") from None
-        message = translate_response(
-            doc,
-            model=self.model,
-            message_id=self.message_id,
-            thinking=self.thinking,
-            stop_sequences=self.stop_sequences,
-        )
-        return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
+            doc = None
+        try:
+            message = translate_response(
+                doc,
+                model=self.model,
+                message_id=self.message_id,
+                thinking=self.thinking,
+                stop_sequences=self.stop_sequences,
+            )
+        except BadGateway as exc:  # the head is the backend's 200: say what broke in the client's shape
+            return error_body(Dialect.ANTHROPIC, exc)
+        return dumps(message)
 
     def error(self, status: int, body: bytes) -> bytes:
         return translate_error(status, body)
@@ -461,3 +439,10 @@ class AnthropicToOpenAI:
             thinking=self.thinking,
             stop_sequences=self.stop_sequences,
         )
+
+
+def _translation(speaks: tuple[str, ...], payload: dict[str, Any]) -> Translation | None:
+    return AnthropicToOpenAI(payload) if "openai" in speaks else None
+
+
+ROUTES = {"/v1/messages": _translation}

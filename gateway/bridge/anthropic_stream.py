@@ -1,8 +1,8 @@
 """An OpenAI Chat Completions SSE stream, rewritten as Anthropic Messages events as it arrives.
 
 ``AnthropicStream.feed`` takes upstream bytes split anywhere and returns the client events for
-every upstream event completed by them (only an incomplete trailing event is held, never a
-finished one). Each client event is ``event: <type>\\ndata: <json>\\n\\n``:
+every upstream event completed by them (``base.SSEEvents`` holds only an incomplete trailing
+event, never a finished one). Each client event is ``event: <type>\\ndata: <json>\\n\\n``:
 
     message_start                      (usage.input_tokens as known: usually 0 until the end)
     content_block_start / _delta / _stop   per block, indices in order: ``thinking`` (when asked
@@ -15,9 +15,9 @@ A new block closes the open one. Text after a tool call opens a new text block. 
 send one tool call after another; an argument piece for a call whose block is already closed
 (interleaved calls) is still sent, at that block's index, so no input is lost.
 
-The stream ends cleanly on ``[DONE]`` or, in ``finish``, when the backend's stream ended after a
-``finish_reason``. An upstream ``{"error": ...}`` event, an event too large to hold, or an end
-without a ``finish_reason`` becomes an Anthropic ``error`` event and the end of the translation,
+The stream ends cleanly on ``[DONE]`` or, in ``flush``, when the backend's stream ended after a
+``finish_reason``. An upstream ``{"error": ...}`` event or an end without a ``finish_reason``
+becomes an Anthropic ``error`` event and the end of the translation,
 never a clean ``message_stop``. Nothing here raises on any input.
 """
 
@@ -26,9 +26,10 @@ from __future__ import annotations
 import json
 from typing import Any
 
-__all__ = ["FINISH_REASONS", "MAX_EVENT", "AnthropicStream", "Outcome", "anthropic_usage", "sse_event"]
+from .base import SSEEvents, dumps
 
-MAX_EVENT = 16 * 1024 * 1024  # an upstream event longer than this ends the stream with an error
+__all__ = ["FINISH_REASONS", "AnthropicStream", "Outcome", "anthropic_usage", "sse_event"]
+
 FINISH_REASONS = {
     "stop": "end_turn",
     "length": "max_tokens",
@@ -37,11 +38,11 @@ FINISH_REASONS = {
     "content_filter": "refusal",
 }
 TEXT, THINKING, TOOL = "text", "thinking", "tool_use"
-_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+_quote = json.JSONEncoder(ensure_ascii=False).encode  # one JSON string, for the text fast path
 
 
 def sse_event(kind: str, doc: dict[str, Any]) -> bytes:
-    return b"event: %s\ndata: %s\n\n" % (kind.encode(), _dumps(doc).encode())
+    return b"event: %s\ndata: %s\n\n" % (kind.encode(), dumps(doc))
 
 
 class Outcome:
@@ -94,23 +95,11 @@ def anthropic_usage(outcome: Outcome) -> dict[str, int]:
     return usage
 
 
-def _event_data(event: bytes) -> bytes | None:
-    """The ``data`` of one SSE event (several data lines joined by newlines), or None."""
-    if event.startswith(b"data: ") and b"\n" not in event:  # what every OpenAI server sends
-        return event[6:]
-    found: list[bytes] = []
-    for line in event.split(b"\n"):
-        if line.startswith(b"data:"):
-            value = line[5:]
-            found.append(value[1:] if value[:1] == b" " else value)
-    return b"\n".join(found) if found else None
-
-
 class AnthropicStream:
     """The translator of one streamed answer (see the module docstring)."""
 
-    __slots__ = ("_block", "_buf", "_cr", "_done", "_kind", "_next", "_pending", "_started", "_text_prefix",
-                 "_tools", "message_id", "model", "outcome", "thinking")  # fmt: skip
+    __slots__ = ("_block", "_done", "_kind", "_next", "_pending", "_sse", "_started",
+                 "_text_prefix", "_tools", "message_id", "model", "outcome", "thinking")  # fmt: skip
 
     def __init__(
         self, *, model: str, message_id: str, thinking: bool = False, stop_sequences: tuple[str, ...] = ()
@@ -119,8 +108,7 @@ class AnthropicStream:
         self.message_id = message_id
         self.thinking = thinking
         self.outcome = Outcome(stop_sequences)
-        self._buf = b""  # the incomplete trailing event, line ends normalised to "\n"
-        self._cr = False  # the data so far ended in a bare "\r" (maybe half of a "\r\n")
+        self._sse = SSEEvents()  # holds the incomplete trailing event, nothing else
         self._started = False  # message_start sent
         self._done = False  # message_stop or error sent: nothing more is translated
         self._kind: str | None = None  # the open block's kind
@@ -135,38 +123,20 @@ class AnthropicStream:
     def feed(self, chunk: bytes) -> bytes:
         if self._done or not chunk:
             return b""
-        if self._cr:
-            self._cr = False
-            if chunk[:1] == b"\n":
-                chunk = chunk[1:]
-        data = self._buf + chunk if self._buf else chunk
-        if b"\r" in chunk:
-            if data.endswith(b"\r"):
-                self._cr = True
-            data = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        end = data.rfind(b"\n\n")
-        if end < 0:
-            self._buf = data
-            return self._too_long() if len(data) > MAX_EVENT else b""
-        self._buf = data[end + 2 :]
         out: list[bytes] = []
-        for event in data[:end].split(b"\n\n"):
-            if event:
-                self._event(event, out)
-                if self._done:
-                    break
-        if len(self._buf) > MAX_EVENT and not self._done:
-            out.append(self._too_long())
+        for _, data in self._sse.feed(chunk):
+            self._data(data, out)
+            if self._done:
+                break
         return b"".join(out)
 
-    def finish(self) -> bytes:
+    def flush(self) -> bytes:
         """After the backend's stream ended cleanly: the closing events, or an error if it ended early."""
         if self._done:
             return b""
         out: list[bytes] = []
-        if self._buf.strip(b"\n"):
-            self._event(self._buf, out)
-            self._buf = b""
+        for _, data in self._sse.feed(b"\n\n"):  # a last event without its blank line still counts
+            self._data(data, out)
         if not self._done:
             if self.outcome.finish_reason is not None:
                 self._end(out)
@@ -176,13 +146,7 @@ class AnthropicStream:
 
     # ------------------------------------------------------------------ one upstream event
 
-    def _event(self, event: bytes, out: list[bytes]) -> None:
-        if len(event) > MAX_EVENT:
-            out.append(self._too_long())
-            return
-        data = _event_data(event)
-        if data is None:
-            return  # a comment (keep-alive) or a field without data
+    def _data(self, data: bytes, out: list[bytes]) -> None:
         if data == b"[DONE]":
             self._end(out)
             return
@@ -257,7 +221,7 @@ class AnthropicStream:
                 b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
                 b'"delta":{"type":"text_delta","text":' % index
             )
-        out.append(self._text_prefix + _dumps(text).encode() + b"}}\n\n")
+        out.append(self._text_prefix + _quote(text).encode() + b"}}\n\n")
 
     def _thinking(self, text: str, out: list[bytes]) -> None:
         if self._kind != THINKING:
@@ -274,7 +238,7 @@ class AnthropicStream:
         function = function if isinstance(function, dict) else {}
         name, arguments = function.get("name"), function.get("arguments")
         if isinstance(arguments, dict):  # an object already (Ollama): its JSON text
-            arguments = _dumps(arguments)
+            arguments = dumps(arguments).decode()
         arguments = arguments if isinstance(arguments, str) else ""
         index = self._tools.get(slot)
         if index is None:
@@ -325,12 +289,6 @@ class AnthropicStream:
     def _fail(self, out: list[bytes], kind: str, message: str) -> None:
         out.append(sse_event("error", {"type": "error", "error": {"type": kind, "message": message}}))
         self._done = True
-        self._buf = b""
-
-    def _too_long(self) -> bytes:
-        out: list[bytes] = []
-        self._fail(out, "api_error", f"the backend sent a stream event longer than {MAX_EVENT} bytes")
-        return b"".join(out)
 
 
 def _upstream_message(error: Any) -> str:
