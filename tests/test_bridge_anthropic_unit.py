@@ -183,6 +183,14 @@ def test_sampling_stop_and_stream() -> None:
     assert "stream" not in translate_request(req(stream=False))
 
 
+def test_structured_output() -> None:
+    schema = {"type": "object", "properties": {"n": {"type": "integer"}}}
+    body = translate_request(req(output_config={"format": {"type": "json_schema", "schema": schema}, "effort": "low"}))
+    assert body["response_format"] == {"type": "json_schema", "json_schema": {"name": "output", "schema": schema}}
+    assert "reasoning_effort" not in body
+    assert "response_format" not in translate_request(req(output_config={"effort": "high"}))
+
+
 def test_dropped_fields() -> None:
     body = translate_request(
         req(
@@ -235,6 +243,8 @@ def test_dropped_fields() -> None:
         (req(tools=[{"type": "web_search_20250305", "name": "web_search"}]), "tools[0]: the server tool"),
         (req(tools=[{"name": "f", "input_schema": "x"}]), "tools[0].input_schema: expected a JSON schema"),
         (req(tools=[{"name": "f"}], tool_choice={"type": "sometimes"}), "tool_choice: expected"),
+        (req(output_config="json"), "output_config: expected an object"),
+        (req(output_config={"format": {"type": "json_object"}}), "output_config.format: expected"),
         (req(mcp_servers=[{"type": "url", "url": "https://x"}]), "mcp_servers: MCP connectors cannot be translated"),
     ],
 )

@@ -9,7 +9,8 @@ parsed JSON: no I/O. Client input that cannot be translated raises ``BadRequest`
 Not translated (refused with a 400 when present, never silently dropped): server tools (web search,
 code execution, ...), ``mcp_servers``, document/search-result/container blocks. Dropped because
 they have no OpenAI meaning: ``cache_control`` (prompt caching), ``citations``, ``metadata``
-(Anthropic's abuse tracking id), ``service_tier``, ``thinking.budget_tokens``.
+(Anthropic's abuse tracking id), ``service_tier``, ``speed``, ``inference_geo``, ``container``,
+``thinking`` (its effect is on the answer: see ``wants_thinking``), ``output_config.effort``.
 """
 
 from __future__ import annotations
@@ -253,6 +254,23 @@ def _tool_choice(raw: Any, body: dict[str, Any]) -> None:
         body["parallel_tool_calls"] = False
 
 
+def _output_format(config: Any, body: dict[str, Any]) -> None:
+    """``output_config.format`` (structured output) -> ``response_format``; ``effort`` is dropped
+    (OpenAI's ``reasoning_effort`` makes Ollama refuse models that do not think)."""
+    if config is None:
+        return
+    if not isinstance(config, dict):
+        raise BadRequest("output_config: expected an object", param="output_config")
+    fmt = config.get("format")
+    if fmt is None:
+        return
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema" or not isinstance(fmt.get("schema"), dict):
+        raise BadRequest(
+            "output_config.format: expected {'type': 'json_schema', 'schema': {...}}", param="output_config.format"
+        )
+    body["response_format"] = {"type": "json_schema", "json_schema": {"name": "output", "schema": fmt["schema"]}}
+
+
 def _number(payload: dict[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
     value = payload[key]
     if isinstance(value, bool) or not isinstance(value, kind):
@@ -289,6 +307,7 @@ def translate_request(payload: dict[str, Any]) -> dict[str, Any]:
         body["tools"] = _tools(tools)
         if payload.get("tool_choice") is not None:
             _tool_choice(payload["tool_choice"], body)
+    _output_format(payload.get("output_config"), body)
     if payload.get("mcp_servers"):
         raise _unsupported("mcp_servers", "MCP connectors")
     stream = payload.get("stream")
@@ -301,10 +320,11 @@ def translate_request(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def wants_thinking(payload: Mapping[str, Any]) -> bool:
-    """``thinking: {type: enabled|adaptive}``: the backend's reasoning text is returned as
-    ``thinking`` blocks. Otherwise it is dropped, as Anthropic's API returns none."""
+    """``thinking`` on (enabled, adaptive, between_tools): the backend's reasoning text is returned
+    as ``thinking`` blocks. Otherwise it is dropped, as Anthropic's API returns none. Nothing is
+    sent upstream: a local reasoning model thinks by its own chat template."""
     thinking = payload.get("thinking")
-    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive")
+    return isinstance(thinking, dict) and thinking.get("type") in ("enabled", "adaptive", "between_tools")
 
 
 # --------------------------------------------------------------------------- answer
