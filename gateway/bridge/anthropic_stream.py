@@ -39,6 +39,7 @@ FINISH_REASONS = {
 }
 TEXT, THINKING, TOOL = "text", "thinking", "tool_use"
 _quote = json.JSONEncoder(ensure_ascii=False).encode  # one JSON string, for the text fast path
+_decode = json.JSONDecoder().decode  # json.loads minus its per-call encoding sniffing
 
 
 def sse_event(kind: str, doc: dict[str, Any]) -> bytes:
@@ -151,7 +152,7 @@ class AnthropicStream:
             self._end(out)
             return
         try:
-            chunk = json.loads(data)
+            chunk = _decode(data.decode())
         except ValueError:  # includes UnicodeDecodeError: not an event we can use
             return
         if not isinstance(chunk, dict):
