@@ -98,8 +98,8 @@ class _Pipe:
     socket backs up (then it drains the client and resumes the backend).
     """
 
-    __slots__ = ("chunked", "client_gone", "congested", "last", "loop", "rec", "scan", "transport", "upstream",
-                 "watchdog")  # fmt: skip
+    __slots__ = ("chunked", "client_gone", "congested", "last", "loop", "rec", "scan", "transform", "transport",
+                 "upstream", "watchdog")  # fmt: skip
 
     def __init__(
         self,
@@ -110,8 +110,10 @@ class _Pipe:
         scan: Callable[[bytes], None] | None,
         rec: RequestRecord,
         loop: asyncio.AbstractEventLoop,
+        transform: Transform | None = None,
     ) -> None:
         self.transport = transport
+        self.transform = transform
         self.chunked = chunked
         self.upstream = upstream
         self.watchdog = watchdog
@@ -131,11 +133,15 @@ class _Pipe:
             self.upstream.wake()
             return
         self.watchdog.last = self.loop.time()
-        self.rec.bytes_out += len(data)
-        self.last = data
-        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        raw = data
+        if self.transform is not None:
+            data = self.transform.feed(data)
+        if data:
+            self.rec.bytes_out += len(data)
+            self.last = data
+            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         if self.scan is not None:  # after the write: counting never delays a token
-            self.scan(data)
+            self.scan(raw)
         if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
             self.congested = True
             self.upstream.pause()
@@ -215,9 +221,9 @@ async def relay(
     try:
         await response.prepare(request)
         transport = request.transport
-        if streamed and transform is None and isinstance(upstream, UpstreamResponse) and transport is not None:
+        if streamed and isinstance(upstream, UpstreamResponse) and transport is not None:
             chunked = response.headers.get("Transfer-Encoding") == "chunked"
-            pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop)
+            pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop, transform)
         while True:
             try:
                 chunk = await content.readany()
@@ -249,7 +255,7 @@ async def relay(
                 await response.write(chunk)
             if scan is not None:  # after the write: counting never delays a token
                 scan(raw)
-            if pipe is not None:  # the head went out with this chunk: the rest by callback
+            if pipe is not None and chunk:  # the head went out with this chunk: the rest by callback
                 try:
                     await pipe.run(request)
                 except (aiohttp.ClientError, UpstreamError, TimeoutError) as exc:

@@ -52,6 +52,7 @@ IMAGE_SIGNATURES = (
 THINK_LEVELS = frozenset({"low", "medium", "high"})
 
 Clock = Callable[[], int]
+_quote = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept (C): what dumps does
 
 
 # --------------------------------------------------------------------------- requests
@@ -305,7 +306,8 @@ class OllamaStream:
     ``key`` is where the text goes: ``"message"`` (``/api/chat``) or ``"response"`` (``/api/generate``).
     """
 
-    __slots__ = ("_events", "_model", "_key", "_timing", "_stamp", "_created", "_reason", "_tools", "_ended")
+    __slots__ = ("_events", "_model", "_key", "_timing", "_stamp", "_created", "_reason", "_tools", "_ended",
+                 "_head")  # fmt: skip
 
     def __init__(self, model: str, key: str, clock: Clock, start: int) -> None:
         self._events = SSEEvents()
@@ -314,6 +316,8 @@ class OllamaStream:
         self._timing = _Timing(clock, start)
         self._created: Any = None
         self._stamp = _stamp(None)
+        self._head = b""  # the bytes every content line starts with (model, created_at): built per timestamp
+        self._new_head()
         self._reason = ""
         self._tools: dict[int, list[str]] = {}  # index -> [name, arguments so far]
         self._ended = False  # the done line (or an error line) went out: nothing follows it
@@ -341,9 +345,9 @@ class OllamaStream:
             doc = json.loads(data)
         except ValueError:
             return b""
-        if not isinstance(doc, dict):
+        if type(doc) is not dict:
             return b""
-        if doc.get("error") is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
+        if "error" in doc and doc["error"] is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
             self._ended = True
             return dumps({"error": error_message(500, data)}) + b"\n"
         if "usage" in doc or "timings" in doc:
@@ -356,6 +360,7 @@ class OllamaStream:
         if created != self._created:
             self._created = created
             self._stamp = _stamp(created)
+            self._new_head()
         delta = choice.get("delta")
         if isinstance(delta, dict):
             text = delta.get("content")
@@ -401,7 +406,16 @@ class OllamaStream:
             return dumps({"model": self._model, "created_at": self._stamp, "message": doc, "done": False}) + b"\n"
         return b""  # /api/generate has no tool calls
 
+    def _new_head(self) -> None:
+        head = dumps({"model": self._model, "created_at": self._stamp})[:-1]
+        self._head = head + (
+            b',"message":{"role":"assistant","content":' if self._key == "message" else b',"response":'
+        )
+
     def _line(self, text: str, thinking: str) -> bytes:
+        if not thinking:  # the hot path: one token of text, written without building a document
+            tail = b'},"done":false}\n' if self._key == "message" else b',"done":false}\n'
+            return self._head + _quote(text).encode() + tail
         doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
         if self._key == "message":
             message: dict[str, Any] = {"role": "assistant", "content": text}
