@@ -10,7 +10,9 @@ token accounting, and byte-for-byte passthrough to a backend that speaks ``anthr
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -63,7 +65,9 @@ class OpenAIBackend:
     drop_after: int | None = None
     status: int | None = None
     status_body: bytes = b""
+    messages_status: int | None = None  # /v1/messages (passthrough) answers with this status
     requests: list[tuple[str, bytes]] = field(default_factory=list)
+    closed: asyncio.Event = field(default_factory=asyncio.Event)  # the gateway hung up mid-stream
     url: str = ""
     runner: web.AppRunner | None = None
 
@@ -97,19 +101,26 @@ class OpenAIBackend:
             return web.json_response(self.reply)
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
-        for i, piece in enumerate(self.pieces):
-            if self.drop_after is not None and i == self.drop_after:
-                assert request.transport is not None
-                request.transport.abort()
-                return response
-            if self.gate is not None and i > 0:
-                await self.gate.get()
-            await response.write(piece)
-        await response.write_eof()
+        try:
+            for i, piece in enumerate(self.pieces):
+                if self.drop_after is not None and i == self.drop_after:
+                    assert request.transport is not None
+                    request.transport.abort()
+                    return response
+                if self.gate is not None and i > 0:
+                    await self.gate.get()
+                await response.write(piece)
+            await response.write_eof()
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.closed.set()
+            raise
         return response
 
     async def messages(self, request: web.Request) -> web.Response:
         self.requests.append((request.path, await request.read()))
+        if self.messages_status is not None:
+            return web.json_response({"type": "error", "error": {"type": "overloaded_error", "message": "busy"}},
+                                     status=self.messages_status)  # fmt: skip
         return web.Response(body=ANTHROPIC_ANSWER, content_type="application/json")
 
 
@@ -126,12 +137,14 @@ Setup = Callable[..., Awaitable[tuple[OpenAIBackend, RunningGateway, anthropic.A
 async def setup(gateway_factory: GatewayFactory) -> AsyncIterator[Setup]:
     made: list[tuple[OpenAIBackend, anthropic.AsyncAnthropic]] = []
 
-    async def make(**entry: Any) -> tuple[OpenAIBackend, RunningGateway, anthropic.AsyncAnthropic]:
+    async def make(
+        top: dict[str, Any] | None = None, **entry: Any
+    ) -> tuple[OpenAIBackend, RunningGateway, anthropic.AsyncAnthropic]:
         backend = await OpenAIBackend().start()
         config = {"name": "gpu", "url": backend.url, "type": "vllm", "models": [MODEL],
                   "health_check": {"interval": "60s", "timeout": "2s"}, **entry}  # fmt: skip
-        gw = await gateway_factory({"backends": [config]})
-        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-test", max_retries=0, timeout=STEP)
+        gw = await gateway_factory({"backends": [config], **(top or {})})
+        client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=KEY, max_retries=0, timeout=STEP)
         made.append((backend, client))
         return backend, gw, client
 
@@ -147,6 +160,7 @@ def tokens(gw: RunningGateway, kind: str) -> float:
 
 
 USER = [{"role": "user", "content": "Hello"}]
+KEY = "sk-test-key"
 
 
 # --------------------------------------------------------------------------- text
@@ -490,3 +504,63 @@ async def test_backend_speaking_anthropic_gets_the_request_byte_for_byte(
     message = await client.messages.create(model=MODEL, max_tokens=5, messages=USER)
     assert message.id == "msg_native" and message.content[0].text == "native"  # type: ignore[union-attr]
     assert [path for path, _ in backend.requests] == ["/v1/messages", "/v1/messages"]
+
+
+# --------------------------------------------------------------------------- like any other request
+
+
+async def test_authenticated_client_is_accounted_and_logged(setup: Setup, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "gateway.access")
+    auth = {"api_keys": [{"name": "laptop", "hash": "sha256:" + hashlib.sha256(KEY.encode()).hexdigest()}]}
+    backend, gw, client = await setup(top={"auth": auth, "logging": {"format": "json"}})
+    backend.pieces = [sse(chunk({"content": "hi"})), sse(chunk({}, "stop")), sse(usage_chunk(21, 1)), sse("[DONE]")]
+    async with client.messages.stream(model=MODEL, max_tokens=8, messages=USER) as stream:  # x-api-key: KEY
+        assert (await stream.get_final_message()).usage.input_tokens == 21
+    assert "sk-test" not in json.dumps([r.getMessage() for r in caplog.records])
+    kinds = {kind: gw.sample("gateway_tokens_total", backend="gpu", model=MODEL, client="laptop", kind=kind)
+             for kind in ("prompt", "completion")}  # fmt: skip
+    assert kinds == {"prompt": 21, "completion": 1}
+    for handler in logging.getLogger("gateway.access").handlers:
+        handler.flush()
+    (line,) = [json.loads(r.getMessage()) for r in caplog.records if r.name == "gateway.access"]
+    assert line["path"] == "/v1/messages" and line["status"] == 200 and line["client"] == "laptop"
+    assert (line["tokens_in"], line["tokens_out"], line["backend"]) == (21, 1, "gpu")
+    wrong = anthropic.AsyncAnthropic(base_url=gw.url, api_key="sk-wrong", max_retries=0, timeout=STEP)
+    with pytest.raises(anthropic.AuthenticationError) as info:
+        await wrong.messages.create(model=MODEL, max_tokens=8, messages=USER)
+    await wrong.close()
+    assert info.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert len(backend.requests) == 1
+
+
+async def test_failover_translates_for_the_next_backend(setup: Setup, gateway_factory: GatewayFactory) -> None:
+    native, _, _ = await setup()
+    native.messages_status = 503
+    plain, _, _ = await setup()
+    plain.reply = completion({"content": "translated"})
+    gw = await gateway_factory({"backends": [
+        {"name": "native", "url": native.url, "type": "vllm", "models": [MODEL], "weight": 10,
+         "speaks": ["openai", "anthropic"], "health_check": {"interval": "60s", "timeout": "2s"}},
+        {"name": "plain", "url": plain.url, "type": "vllm", "models": [MODEL],
+         "health_check": {"interval": "60s", "timeout": "2s"}},
+    ]})  # fmt: skip
+    client = anthropic.AsyncAnthropic(base_url=gw.url, api_key=KEY, max_retries=0, timeout=STEP)
+    message = await client.messages.create(model=MODEL, max_tokens=8, messages=USER)
+    await client.close()
+    assert message.content[0].text == "translated"  # type: ignore[union-attr]
+    assert [path for path, _ in native.requests] == ["/v1/messages"]  # its own dialect, as is
+    assert plain.last["messages"] == [{"role": "user", "content": "Hello"}]  # then translated for the other
+
+
+async def test_client_leaving_a_translated_stream_closes_the_backend_request(setup: Setup) -> None:
+    backend, gw, client = await setup()
+    gate: asyncio.Queue[None] = asyncio.Queue()
+    backend.gate = gate
+    backend.pieces = [sse(chunk({"content": "one"})), sse(chunk({"content": "two"})), sse("[DONE]")]
+    stream = await client.messages.create(model=MODEL, max_tokens=8, messages=USER, stream=True)
+    events = stream.__aiter__()
+    while (await asyncio.wait_for(events.__anext__(), STEP)).type != "content_block_delta":
+        pass
+    await stream.close()
+    await asyncio.wait_for(backend.closed.wait(), STEP)
+    assert gate.empty()
