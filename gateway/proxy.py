@@ -70,9 +70,11 @@ class Endpoint:
     # Derived from ``path`` once, not per request:
     dialect: Dialect = field(init=False)
     counts_usage: bool = field(init=False)  # token counts are read from its responses
+    speaks_as: str = field(init=False)  # the dialect's name in backends[].speaks (a str: no Enum per request)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "dialect", dialect_for(self.path))
+        object.__setattr__(self, "speaks_as", self.dialect.value)
         object.__setattr__(self, "counts_usage", self.path in USAGE_ENDPOINTS)
 
 
@@ -255,14 +257,13 @@ async def forward(
     in_flight = metrics if metrics is not None and metrics.counts_in_flight else None
     attempts = candidates[: config.routing.retries + 1] if isinstance(body, bytes | None) else candidates[:1]
     error: GatewayError | None = None
-    dialect = spec.dialect.value
     for i, backend in enumerate(attempts):
         last_try = i == len(attempts) - 1
         rec.backend = backend.name
         # The dialect bridge, decided per attempt: a failover may reach a backend speaking another dialect.
         translation: Translation | None = None
         sent, path_qs = body, None
-        if payload is not None and dialect not in backend.config.speaks:
+        if payload is not None and spec.speaks_as not in backend.config.speaks:
             translation = translation_for(spec.path, backend.config.speaks, payload)
             if translation is not None:
                 known = backend.models.get(backend.lookup_key(rec.model))

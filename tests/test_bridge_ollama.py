@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -110,6 +111,25 @@ async def test_chat_tokens_are_counted(openai_factory: OpenAIFactory, gateway_fa
         )
         == 2
     )
+
+
+async def test_access_log_sees_translated_requests(
+    openai_factory: OpenAIFactory,
+    gateway_factory: GatewayFactory,
+    http: aiohttp.ClientSession,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="gateway.access")
+    fake, gw, client = await bridged(openai_factory, gateway_factory)
+    sizes = []
+    for stream in (True, False):
+        async with http.post(gw.url + "/api/chat", json={"model": "m", "messages": USER, "stream": stream}) as resp:
+            sizes.append(len(await resp.read()))
+    logged = [r.getMessage() for r in caplog.records if r.name == "gateway.access" and "/api/chat" in r.getMessage()]
+    assert len(logged) == 2
+    for line, size in zip(logged, sizes, strict=True):
+        assert " model=m backend=vllm status=200 " in line and f" bytes={size} " in line
+        assert " tokens_in=11 tokens_out=5" in line
 
 
 async def test_chat_options_format_and_think(openai_factory: OpenAIFactory, gateway_factory: GatewayFactory) -> None:

@@ -30,10 +30,13 @@ __all__ = [
     "adapt_response",
     "dumps",
     "error_message",
+    "parse_json",
 ]
 
 JSON = "application/json"
 MAX_EVENT = 16 * 1024 * 1024  # an SSE event longer than this is dropped whole (no backend sends one)
+# The C scanner under json.loads, without its wrappers (an attribute typeshed does not declare).
+_scan: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
 
 
 class StreamTranslator(Protocol):
@@ -108,9 +111,31 @@ def adapt_response(translation: Translation, status: int, content_type: str) -> 
     return WholeBody(translation.response), JSON
 
 
+def parse_json(data: bytes) -> Any:
+    """The JSON value in ``data``, or None when it is not valid JSON (one per event: kept cheap).
+
+    The common case (UTF-8, no surrounding whitespace) goes straight to the C scanner, which is
+    about twice as fast as ``json.loads`` on a small event; anything else takes ``json.loads``.
+    """
+    try:
+        text = data.decode()
+        value, end = _scan(text, 0)
+        if end == len(text):
+            return value
+    except (UnicodeDecodeError, StopIteration, ValueError):
+        pass
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
+
+
 def dumps(doc: Any) -> bytes:
     """Compact UTF-8 JSON, as the gateway writes it everywhere."""
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    try:
+        return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    except UnicodeEncodeError:  # a lone surrogate (a backend's escaped "\ud800"): keep it escaped
+        return json.dumps(doc, separators=(",", ":")).encode()
 
 
 def error_message(status: int, body: bytes) -> str:

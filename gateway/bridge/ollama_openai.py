@@ -27,7 +27,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from .base import SSEEvents, Translation, dumps, error_message
+from .base import SSEEvents, Translation, dumps, error_message, parse_json
 
 __all__ = ["ROUTES", "OllamaStream", "OllamaTranslation"]
 
@@ -341,10 +341,7 @@ class OllamaStream:
     def _event(self, data: bytes) -> bytes:
         if data == b"[DONE]":
             return self._done()
-        try:
-            doc = json.loads(data)
-        except ValueError:
-            return b""
+        doc = parse_json(data)
         if type(doc) is not dict:
             return b""
         if "error" in doc and doc["error"] is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
@@ -415,7 +412,11 @@ class OllamaStream:
     def _line(self, text: str, thinking: str) -> bytes:
         if not thinking:  # the hot path: one token of text, written without building a document
             tail = b'},"done":false}\n' if self._key == "message" else b',"done":false}\n'
-            return self._head + _quote(text).encode() + tail
+            try:
+                quoted = _quote(text).encode()
+            except UnicodeEncodeError:  # a lone surrogate (a backend's escaped "\ud800"): keep it escaped
+                quoted = json.encoder.encode_basestring_ascii(text).encode()
+            return self._head + quoted + tail
         doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
         if self._key == "message":
             message: dict[str, Any] = {"role": "assistant", "content": text}
