@@ -318,9 +318,22 @@ def test_unicode_and_escapes_survive() -> None:
     assert evs[2][1]["delta"]["text"] == text
 
 
+def test_lone_surrogates_from_the_backend_stay_escaped() -> None:
+    raw = (
+        b'data: {"choices":[{"delta":{"content":"a\\ud800b"}}]}\n\n'
+        b'data: {"choices":[{"delta":{"tool_calls":[{"index":0,"id":"c","function":{"name":"f\\udfff",'
+        b'"arguments":"{\\"x\\":\\"\\ud800\\"}"}}]}}]}\n\n' + sse(chunk({}, "tool_calls"), "[DONE]")
+    )
+    evs = run(raw)
+    assert evs[2][1]["delta"]["text"] == "a\ud800b"
+    assert evs[4][1]["content_block"]["name"] == "f\udfff"
+    assert evs[5][1]["delta"]["partial_json"] == '{"x":"\ud800"}'
+    assert compact(evs)[-1] == ("message_stop",)
+
+
 # --------------------------------------------------------------------------- properties
 
-texts = st.text(max_size=12)
+texts = st.one_of(st.text(max_size=12), st.sampled_from(["\ud800", "x\udfffy"]))  # lone surrogates too
 deltas = st.one_of(
     st.builds(lambda t: {"content": t}, texts),
     st.builds(lambda t: {"reasoning_content": t}, texts),

@@ -331,6 +331,12 @@ def test_thinking_only_when_asked_and_cached_tokens() -> None:
     assert answer(ollama_style, thinking=True)["content"][0]["thinking"] == "2+2"
 
 
+def test_lone_surrogates_in_an_answer_stay_escaped() -> None:
+    translation = AnthropicToOpenAI(req(), message_id="msg_1")
+    body = translation.response(b'{"choices":[{"message":{"content":"a\\ud800"},"finish_reason":"stop"}]}')
+    assert b"\\ud800" in body and json.loads(body)["content"] == [{"type": "text", "text": "a\ud800"}]
+
+
 def test_answer_without_usage_or_content() -> None:
     doc = completion({"content": ""})
     del doc["usage"]

@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .base import SSEEvents, dumps
+from .base import SSEEvents, dumps, parse_json
 
 __all__ = ["FINISH_REASONS", "AnthropicStream", "Outcome", "anthropic_usage", "sse_event"]
 
@@ -39,7 +39,6 @@ FINISH_REASONS = {
 }
 TEXT, THINKING, TOOL = "text", "thinking", "tool_use"
 _quote = json.JSONEncoder(ensure_ascii=False).encode  # one JSON string, for the text fast path
-_decode = json.JSONDecoder().decode  # json.loads minus its per-call encoding sniffing
 
 
 def sse_event(kind: str, doc: dict[str, Any]) -> bytes:
@@ -151,12 +150,9 @@ class AnthropicStream:
         if data == b"[DONE]":
             self._end(out)
             return
-        try:
-            chunk = _decode(data.decode())
-        except ValueError:  # includes UnicodeDecodeError: not an event we can use
-            return
+        chunk = parse_json(data)
         if not isinstance(chunk, dict):
-            return
+            return  # not an event we can use
         if "error" in chunk:  # vLLM and others report a failure mid-stream this way
             self._fail(out, "api_error", _upstream_message(chunk["error"]))
             return
@@ -222,7 +218,11 @@ class AnthropicStream:
                 b'event: content_block_delta\ndata: {"type":"content_block_delta","index":%d,'
                 b'"delta":{"type":"text_delta","text":' % index
             )
-        out.append(self._text_prefix + _quote(text).encode() + b"}}\n\n")
+        try:
+            quoted = _quote(text).encode()
+        except UnicodeEncodeError:  # a lone surrogate (a backend's escaped "\ud800"): keep it escaped
+            quoted = json.dumps(text).encode()
+        out.append(self._text_prefix + quoted + b"}}\n\n")
 
     def _thinking(self, text: str, out: list[bytes]) -> None:
         if self._kind != THINKING:
