@@ -202,6 +202,15 @@ def test_text_after_a_tool_call_opens_a_new_block_and_whole_calls_in_one_chunk()
     assert ids == ["c1", "c2"]
 
 
+def test_calls_without_an_index_are_told_apart_by_id() -> None:
+    def whole(call_id: str, name: str) -> dict[str, Any]:
+        return {"tool_calls": [{"id": call_id, "type": "function", "function": {"name": name, "arguments": "{}"}}]}
+
+    evs = run(sse(chunk(whole("c1", "a")), chunk(whole("c2", "b")), chunk({}, "tool_calls"), "[DONE]"))
+    starts = [doc["content_block"] for kind, doc in evs if kind == "content_block_start"]
+    assert [(b["id"], b["name"]) for b in starts] == [("c1", "a"), ("c2", "b")]
+
+
 def test_a_tool_call_whose_name_comes_late_is_held_until_it_does() -> None:
     raw = sse(chunk(tool(0, args='{"a"')), chunk(tool(0, "c9", "f", ":1}")), chunk({}, "tool_calls"), "[DONE]")
     assert compact(run(raw))[1:4] == [("start", 0, "tool_use"), ("delta", 0, '{"a"'), ("delta", 0, ":1}")]

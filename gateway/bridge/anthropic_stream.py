@@ -115,8 +115,8 @@ class AnthropicStream:
         self._block = -1  # the open block's index
         self._next = 0  # the next block's index
         self._text_prefix = b""  # the open text block's delta event, up to the text
-        self._tools: dict[int, int] = {}  # OpenAI tool call index -> block index
-        self._pending: dict[int, list[Any]] = {}  # tool calls whose name has not arrived: [id, args...]
+        self._tools: dict[int | str, int] = {}  # OpenAI tool call index (or id) -> block index
+        self._pending: dict[int | str, list[Any]] = {}  # tool calls whose name has not arrived: [id, args...]
 
     # ------------------------------------------------------------------ bytes in, events out
 
@@ -232,9 +232,12 @@ class AnthropicStream:
                                                      "delta": delta}))  # fmt: skip
 
     def _tool_call(self, call: dict[str, Any], position: int, out: list[bytes]) -> None:
-        slot = call.get("index")
-        if not isinstance(slot, int) or isinstance(slot, bool):
-            slot = position  # servers that omit the index send each call whole, in order
+        slot: int | str = position
+        given, call_id = call.get("index"), call.get("id")
+        if isinstance(given, int) and not isinstance(given, bool):
+            slot = given
+        elif isinstance(call_id, str) and call_id:
+            slot = call_id  # without an index (servers that send each call whole): known by its id
         function = call.get("function")
         function = function if isinstance(function, dict) else {}
         name, arguments = function.get("name"), function.get("arguments")
@@ -257,7 +260,7 @@ class AnthropicStream:
         if arguments:
             self._arguments(index, arguments, out)
 
-    def _open_tool(self, slot: int, name: str, out: list[bytes]) -> int:
+    def _open_tool(self, slot: int | str, name: str, out: list[bytes]) -> int:
         pending = self._pending.pop(slot)
         call_id = pending[0] if isinstance(pending[0], str) and pending[0] else f"toolu_{self.message_id[4:]}_{slot}"
         block = {"type": "tool_use", "id": call_id, "name": name, "input": {}}
