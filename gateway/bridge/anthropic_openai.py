@@ -3,8 +3,9 @@
 The request becomes a ``/v1/chat/completions`` body; the answer a Messages object; a backend error
 Anthropic's error shape; a stream Messages events (``anthropic_stream.py``). Pure functions over
 parsed JSON: no I/O. Client input that cannot be translated raises ``BadRequest`` naming the field
-(rendered in Anthropic's shape on ``/v1/messages``); a backend answer that cannot be read raises
-``BadGateway``.
+(rendered in Anthropic's shape on ``/v1/messages``). A backend answer that cannot be read raises
+``BadGateway`` in ``translate_response``; ``AnthropicToOpenAI.response`` turns it into an error
+body, since the backend's 200 head has already gone out by then.
 
 Not translated (refused with a 400 when present, never silently dropped): server tools (web search,
 code execution, ...), ``mcp_servers``, document/search-result/container blocks. Dropped because
