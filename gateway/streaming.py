@@ -98,8 +98,8 @@ class _Pipe:
     socket backs up (then it drains the client and resumes the backend).
     """
 
-    __slots__ = ("chunked", "client_gone", "congested", "last", "loop", "rec", "scan", "transform", "transport",
-                 "upstream", "watchdog")  # fmt: skip
+    __slots__ = ("chunked", "client_gone", "congested", "last", "loop", "rec", "scan", "transport", "upstream",
+                 "watchdog")  # fmt: skip
 
     def __init__(
         self,
@@ -110,10 +110,8 @@ class _Pipe:
         scan: Callable[[bytes], None] | None,
         rec: RequestRecord,
         loop: asyncio.AbstractEventLoop,
-        transform: Transform | None = None,
     ) -> None:
         self.transport = transport
-        self.transform = transform
         self.chunked = chunked
         self.upstream = upstream
         self.watchdog = watchdog
@@ -133,15 +131,11 @@ class _Pipe:
             self.upstream.wake()
             return
         self.watchdog.last = self.loop.time()
-        raw = data
-        if self.transform is not None:
-            data = self.transform.feed(data)
-        if data:
-            self.rec.bytes_out += len(data)
-            self.last = data
-            transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
+        self.rec.bytes_out += len(data)
+        self.last = data
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data) if self.chunked else data)
         if self.scan is not None:  # after the write: counting never delays a token
-            self.scan(raw)
+            self.scan(data)
         if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
             self.congested = True
             self.upstream.pause()
@@ -162,6 +156,38 @@ class _Pipe:
             raise ConnectionResetError("the client closed the connection")
         if upstream.error is not None:
             raise upstream.error
+
+
+class _TransformingPipe(_Pipe):
+    """A ``_Pipe`` whose chunks go through a ``Transform`` first (usage stripping, dialect
+    translation); kept apart so the byte-for-byte pipe pays nothing for it."""
+
+    __slots__ = ("transform",)
+
+    def __init__(self, transform: Transform, *args: Any) -> None:
+        super().__init__(*args)
+        self.transform = transform
+
+    def feed(self, data: bytes) -> None:
+        transport = self.transport
+        if self.client_gone:
+            return
+        if transport.is_closing():
+            self.client_gone = True
+            self.upstream.wake()
+            return
+        self.watchdog.last = self.loop.time()
+        out = self.transform.feed(data)
+        if out:
+            self.rec.bytes_out += len(out)
+            self.last = out
+            transport.write(b"%x\r\n%b\r\n" % (len(out), out) if self.chunked else out)
+        if self.scan is not None:  # the backend's bytes: its own usage report
+            self.scan(data)
+        if not self.congested and transport.get_write_buffer_size() > CLIENT_HIGH_WATER:
+            self.congested = True
+            self.upstream.pause()
+            self.upstream.wake()
 
 
 def _at_boundary(last: bytes, sse: bool) -> bool:
@@ -223,7 +249,10 @@ async def relay(
         transport = request.transport
         if streamed and isinstance(upstream, UpstreamResponse) and transport is not None:
             chunked = response.headers.get("Transfer-Encoding") == "chunked"
-            pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop, transform)
+            if transform is None:
+                pipe = _Pipe(transport, chunked, upstream, watchdog, scan, rec, loop)
+            else:
+                pipe = _TransformingPipe(transform, transport, chunked, upstream, watchdog, scan, rec, loop)
         while True:
             try:
                 chunk = await content.readany()

@@ -476,6 +476,22 @@ async def test_translated_stream_is_not_buffered(
     assert rest[-1].done and rest[-1].eval_count == 5
 
 
+async def test_translated_stream_through_aiohttp_client(
+    openai_factory: OpenAIFactory, gateway_factory: GatewayFactory
+) -> None:
+    """HTTPS backends go through aiohttp's client and the relay's read loop instead of the pipe."""
+    gate: asyncio.Queue[None] = asyncio.Queue()
+    fake, gw, client = await bridged(openai_factory, gateway_factory, gate=gate)
+    gw.state.backends[0].pool = None  # what an https:// backend has
+    stream = (await client.chat(model="m", messages=USER, stream=True)).__aiter__()
+    assert (await asyncio.wait_for(stream.__anext__(), 10)).message.content == "Hel"
+    assert gate.empty()
+    for _ in range(5):
+        gate.put_nowait(None)
+    rest = [p async for p in stream]
+    assert [p.message.content for p in rest] == ["lo", "!", ""] and rest[-1].eval_count == 5
+
+
 async def test_client_leaving_closes_the_backend_stream(
     openai_factory: OpenAIFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -24,7 +24,7 @@ def fixed_clock() -> int:
 
 
 def translation(kind: str, **payload: Any) -> OllamaTranslation:
-    return OllamaTranslation(kind, {"model": "m", **payload}, clock=fixed_clock)
+    return OllamaTranslation(kind, {"model": "m", **payload}, clock=fixed_clock, now=1_600_000_000.0)
 
 
 def sse(*docs: Any, end: bytes = b"\n\n") -> bytes:
@@ -162,6 +162,18 @@ def test_stream_without_done_marker_ends_at_flush() -> None:
     ]
     [done] = ndjson(stream.flush())
     assert done["response"] == "" and done["done_reason"] == "stop" and "eval_count" not in done  # unknown
+
+
+def test_streamed_tool_calls_with_names_repeated_in_every_delta() -> None:
+    """llama.cpp's server repeats id, type and name in each delta and sends arguments char by char."""
+    stream = translation("chat").stream()
+    call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "get_weather"}}
+    deltas = [
+        delta(tool_calls=[{**call, "function": {"name": "get_weather", "arguments": c}}]) for c in '{"city":"Oslo"}'
+    ]
+    assert stream.feed(sse(*deltas)) == b""  # held until the choice finishes
+    [line] = ndjson(stream.feed(sse(finish("tool_calls"))))
+    assert line["message"]["tool_calls"] == [{"function": {"name": "get_weather", "arguments": {"city": "Oslo"}}}]
 
 
 def test_llama_cpp_timings_become_durations() -> None:

@@ -86,17 +86,19 @@ def image_part(data: Any, where: str) -> dict[str, Any]:
 
 
 def _content(text: str, images: Any, where: str) -> str | list[dict[str, Any]]:
+    """Text, or text and image parts; ``where`` names the images field in errors."""
     if not images:
         return text
     if not isinstance(images, list):
-        raise BadRequest(f"'{where}.images' must be a list", param=f"{where}.images")
+        raise BadRequest(f"'{where}' must be a list", param=where)
     parts: list[dict[str, Any]] = [{"type": "text", "text": text}] if text else []
-    parts.extend(image_part(image, f"{where}.images[{i}]") for i, image in enumerate(images))
+    parts.extend(image_part(image, f"{where}[{i}]") for i, image in enumerate(images))
     return parts
 
 
-def openai_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
-    """Ollama tool calls (arguments an object) -> OpenAI's (arguments a JSON string, with ids)."""
+def openai_tool_calls(calls: Any, index: int) -> list[dict[str, Any]]:
+    """Ollama tool calls of message ``index`` (arguments an object) -> OpenAI's (a JSON string, with ids)."""
+    where = f"messages[{index}]"
     if not isinstance(calls, list):
         raise BadRequest(f"'{where}.tool_calls' must be a list", param=f"{where}.tool_calls")
     out = []
@@ -109,7 +111,7 @@ def openai_tool_calls(calls: Any, where: str) -> list[dict[str, Any]]:
             arguments = dumps(arguments if arguments is not None else {}).decode()
         call_id = call.get("id")
         out.append({
-            "id": call_id if isinstance(call_id, str) and call_id else f"call_{where.replace('.', '_')}_{j}",
+            "id": call_id if isinstance(call_id, str) and call_id else f"call_{index}_{j}",
             "type": "function",
             "function": {"name": function["name"], "arguments": arguments},
         })  # fmt: skip
@@ -130,9 +132,9 @@ def openai_messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(role, str) or not role:
             raise BadRequest(f"'{where}.role' is required", param="messages")
         text = _text(message.get("content"), f"{where}.content")
-        converted: dict[str, Any] = {"role": role, "content": _content(text, message.get("images"), where)}
+        converted: dict[str, Any] = {"role": role, "content": _content(text, message.get("images"), f"{where}.images")}
         if role == "assistant" and message.get("tool_calls"):
-            calls = openai_tool_calls(message["tool_calls"], where)
+            calls = openai_tool_calls(message["tool_calls"], i)
             converted["tool_calls"] = calls
             pending = [(c["id"], c["function"]["name"]) for c in calls]
         elif role == "tool":
@@ -192,7 +194,8 @@ def _think(think: Any, out: dict[str, Any]) -> None:
         out["reasoning_effort"] = think
 
 
-def _generation(payload: Mapping[str, Any], out: dict[str, Any], stream: bool) -> dict[str, Any]:
+def _generation(payload: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
+    stream = _stream_flag(payload)
     _options(payload.get("options"), out)
     _format(payload.get("format"), out)
     _think(payload.get("think"), out)
@@ -205,9 +208,12 @@ def _generation(payload: Mapping[str, Any], out: dict[str, Any], stream: bool) -
 # --------------------------------------------------------------------------- responses
 
 
-def _stamp(created: Any) -> str:
-    """Ollama's ``created_at`` (RFC 3339, UTC) from OpenAI's ``created`` (Unix seconds), else now."""
-    seconds = created if isinstance(created, int | float) and not isinstance(created, bool) else time.time()
+def _stamp(created: Any, now: float | None = None) -> str:
+    """Ollama's ``created_at`` (RFC 3339, UTC) from OpenAI's ``created`` (Unix seconds), else ``now``."""
+    if isinstance(created, int | float) and not isinstance(created, bool):
+        seconds = created
+    else:
+        seconds = time.time() if now is None else now
     try:
         return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     except (OverflowError, OSError, ValueError):
@@ -309,13 +315,13 @@ class OllamaStream:
     __slots__ = ("_events", "_model", "_key", "_timing", "_stamp", "_created", "_reason", "_tools", "_ended",
                  "_head")  # fmt: skip
 
-    def __init__(self, model: str, key: str, clock: Clock, start: int) -> None:
+    def __init__(self, model: str, key: str, clock: Clock, start: int, now: float | None = None) -> None:
         self._events = SSEEvents()
         self._model = model
         self._key = key
         self._timing = _Timing(clock, start)
         self._created: Any = None
-        self._stamp = _stamp(None)
+        self._stamp = _stamp(None, now)  # until the backend's "created" says otherwise
         self._head = b""  # the bytes every content line starts with (model, created_at): built per timestamp
         self._new_head()
         self._reason = ""
@@ -354,7 +360,7 @@ class OllamaStream:
             return b""
         choice = choices[0]
         created = doc.get("created")
-        if created != self._created:
+        if created is not None and created != self._created:
             self._created = created
             self._stamp = _stamp(created)
             self._new_head()
@@ -387,8 +393,9 @@ class OllamaStream:
             entry = self._tools.setdefault(index if isinstance(index, int) else len(self._tools), ["", ""])
             function = delta.get("function")
             if isinstance(function, dict):
-                if isinstance(function.get("name"), str):
-                    entry[0] += function["name"]
+                name = function.get("name")
+                if isinstance(name, str) and name != entry[0]:  # llama.cpp repeats the name in every delta
+                    entry[0] += name
                 if isinstance(function.get("arguments"), str):
                     entry[1] += function["arguments"]
 
@@ -446,13 +453,15 @@ class OllamaStream:
 class OllamaTranslation(Translation):
     """One Ollama request for an OpenAI backend; ``kind`` is the Ollama endpoint's last part."""
 
-    def __init__(self, kind: str, payload: Mapping[str, Any], clock: Clock = time.monotonic_ns) -> None:
+    def __init__(
+        self, kind: str, payload: Mapping[str, Any], clock: Clock = time.monotonic_ns, now: float | None = None
+    ) -> None:
         self.kind = kind
-        self.clock = clock
+        self.clock = clock  # durations
+        self.now = now  # wall-clock time for created_at when the backend gives none (None: the real time)
         self.start = clock()
         model = payload.get("model") or payload.get("name")
         self.model = model if isinstance(model, str) else ""
-        self.streamed = False
         self.stream_content_type = NDJSON
         # Ollama loads (or with keep_alive 0 unloads) the model for an empty prompt: no backend call.
         self.load_only = (kind == "chat" and not payload.get("messages")) or (
@@ -475,16 +484,14 @@ class OllamaTranslation(Translation):
         kind = self.kind
         out: dict[str, Any] = {"model": self.model}
         if kind == "chat":
-            self.streamed = _stream_flag(payload)
             out["messages"] = openai_messages(payload.get("messages") or [])
             tools = payload.get("tools")
             if tools:
                 if not isinstance(tools, list):
                     raise BadRequest("'tools' must be a list", param="tools")
                 out["tools"] = tools  # Ollama's tool definitions are OpenAI's
-            return _generation(payload, out, self.streamed)
+            return _generation(payload, out)
         if kind == "generate":
-            self.streamed = _stream_flag(payload)
             prompt = _text(payload.get("prompt"), "prompt")
             if self.upstream_path == COMPLETIONS:
                 out["prompt"] = prompt
@@ -494,9 +501,9 @@ class OllamaTranslation(Translation):
             else:
                 system = _text(payload.get("system"), "system")
                 messages: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-                messages.append({"role": "user", "content": _content(prompt, payload.get("images"), "")})
+                messages.append({"role": "user", "content": _content(prompt, payload.get("images"), "images")})
                 out["messages"] = messages
-            return _generation(payload, out, self.streamed)
+            return _generation(payload, out)
         if kind == "embed":
             given = payload.get("input")
             if not isinstance(given, str) and not (
@@ -515,7 +522,7 @@ class OllamaTranslation(Translation):
         if self.kind == "show":
             return dumps(show_document(self.model, entry))
         if self.load_only:
-            doc: dict[str, Any] = {"model": self.model, "created_at": _stamp(None)}
+            doc: dict[str, Any] = {"model": self.model, "created_at": _stamp(None, self.now)}
             if self.kind == "chat":
                 doc["message"] = {"role": "assistant", "content": ""}
             else:
@@ -530,7 +537,8 @@ class OllamaTranslation(Translation):
         return dumps({"error": error_message(status, body)})
 
     def stream(self) -> OllamaStream:
-        return OllamaStream(self.model, "message" if self.kind == "chat" else "response", self.clock, self.start)
+        key = "message" if self.kind == "chat" else "response"
+        return OllamaStream(self.model, key, self.clock, self.start, self.now)
 
     def response(self, body: bytes) -> bytes:
         try:
@@ -545,7 +553,7 @@ class OllamaTranslation(Translation):
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
         timing = _Timing(self.clock, self.start)
         timing.absorb(doc)
-        out: dict[str, Any] = {"model": self.model, "created_at": _stamp(doc.get("created"))}
+        out: dict[str, Any] = {"model": self.model, "created_at": _stamp(doc.get("created"), self.now)}
         message = choice.get("message") if isinstance(choice.get("message"), dict) else None
         text = message.get("content") if message is not None else choice.get("text")
         text = text if isinstance(text, str) else ""
@@ -611,7 +619,7 @@ def show_document(model: str, entry: Mapping[str, Any] | None) -> dict[str, Any]
         },  # fmt: skip
         "model_info": info,
         "capabilities": ["completion"],
-        "modified_at": _stamp(entry.get("created")),
+        "modified_at": _stamp(entry.get("created"), 0),
     }
 
 
