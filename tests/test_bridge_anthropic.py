@@ -159,6 +159,15 @@ def tokens(gw: RunningGateway, kind: str) -> float:
     return gw.sample("gateway_tokens_total", backend="gpu", model=MODEL, client="anonymous", kind=kind)
 
 
+PATHS = pytest.mark.parametrize("lean_pool", [True, False], ids=["pool", "aiohttp-client"])
+
+
+def use_path(gw: RunningGateway, lean_pool: bool) -> None:
+    """Plain-HTTP backends use the lean pool (and the relay's callback pipe); HTTPS ones aiohttp's client."""
+    if not lean_pool:
+        gw.state.backends[0].pool = None  # what an https:// backend has
+
+
 USER = [{"role": "user", "content": "Hello"}]
 KEY = "sk-test-key"
 
@@ -289,8 +298,10 @@ OPENAI_TOOLS = [
 ]
 
 
-async def test_tools_round_trip_not_streamed(setup: Setup) -> None:
+@PATHS
+async def test_tools_round_trip_not_streamed(setup: Setup, lean_pool: bool) -> None:
     backend, gw, client = await setup()
+    use_path(gw, lean_pool)
     call = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city":"Paris"}'}}
     backend.reply = completion({"content": None, "tool_calls": [call]}, "tool_calls", prompt=40, out=9)
     first = await client.messages.create(
@@ -327,8 +338,10 @@ async def test_tools_round_trip_not_streamed(setup: Setup) -> None:
     assert (tokens(gw, "prompt"), tokens(gw, "completion")) == (100, 17)
 
 
-async def test_tools_streamed(setup: Setup) -> None:
-    backend, _, client = await setup()
+@PATHS
+async def test_tools_streamed(setup: Setup, lean_pool: bool) -> None:
+    backend, gw, client = await setup()
+    use_path(gw, lean_pool)
 
     def call(index: int, args: str, id: str | None = None, name: str | None = None) -> bytes:
         function: dict[str, Any] = {"arguments": args}
@@ -439,8 +452,12 @@ async def test_untranslatable_request_is_a_400_in_anthropic_shape(setup: Setup) 
     assert backend.requests == []
 
 
-async def test_backend_dying_mid_stream_ends_the_stream_abnormally(setup: Setup, http: aiohttp.ClientSession) -> None:
+@PATHS
+async def test_backend_dying_mid_stream_ends_the_stream_abnormally(
+    setup: Setup, http: aiohttp.ClientSession, lean_pool: bool
+) -> None:
     backend, gw, client = await setup()
+    use_path(gw, lean_pool)
     backend.pieces = [sse(chunk({"content": "par"})), sse(chunk({"content": "tial"})), sse(chunk({}, "stop"))]
     backend.drop_after = 1
     # the SDK raises on the in-band error event
@@ -466,8 +483,10 @@ async def test_backend_dying_mid_stream_ends_the_stream_abnormally(setup: Setup,
 # --------------------------------------------------------------------------- streaming is not buffered
 
 
-async def test_translated_stream_is_not_buffered(setup: Setup) -> None:
-    backend, _, client = await setup()
+@PATHS
+async def test_translated_stream_is_not_buffered(setup: Setup, lean_pool: bool) -> None:
+    backend, gw, client = await setup()
+    use_path(gw, lean_pool)
     gate: asyncio.Queue[None] = asyncio.Queue()
     backend.gate = gate
     backend.pieces = [sse(chunk({"content": "one"})), sse(chunk({"content": "two"})), sse(chunk({}, "stop")),
