@@ -278,10 +278,10 @@ class AnthropicStream:
     # ------------------------------------------------------------------ the end
 
     def _end(self, out: list[bytes]) -> None:
-        for slot in list(self._pending):  # a call whose name never came still reaches the client
-            self._open_tool(slot, "", out)
         if not self._started:
             self._start(out)
+        for slot in list(self._pending):  # a call whose name never came still reaches the client
+            self._open_tool(slot, "", out)
         self._close(out)
         stop_reason, stop_sequence = self.outcome.stop()
         delta = {"stop_reason": stop_reason, "stop_sequence": stop_sequence}
