@@ -203,7 +203,12 @@ class SSEEvents:
                 self._check_size()
                 return []
             data = data[cut + 2 :]
-        out = [parsed for event in data.split(b"\n\n") if (parsed := parse_event(event)) is not None]
+        out = []
+        for event in data.split(b"\n\n"):
+            if event[:5] == b"data:" and 10 not in event:  # the common case, inline: one data line
+                out.append(("message", event[6:] if event[5:6] == b" " else event[5:]))
+            elif (parsed := parse_event(event)) is not None:
+                out.append(parsed)
         self._check_size()
         return out
 

@@ -345,42 +345,48 @@ class OllamaStream:
         return b"" if self._ended else self._done()
 
     def _event(self, data: bytes) -> bytes:
+        # Once per token: plain lookups and type() checks, no helper calls on the common path.
         if data == b"[DONE]":
             return self._done()
         doc = parse_json(data)
         if type(doc) is not dict:
             return b""
-        if "error" in doc and doc["error"] is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
+        get = doc.get
+        if get("error") is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
             self._ended = True
             return dumps({"error": error_message(500, data)}) + b"\n"
-        if "usage" in doc or "timings" in doc:
+        if get("usage") is not None or "timings" in doc:  # OpenAI sends "usage": null in every chunk
             self._timing.absorb(doc)
-        choices = doc.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        choices = get("choices")
+        if type(choices) is not list or not choices or type(choices[0]) is not dict:
             return b""
         choice = choices[0]
-        created = doc.get("created")
+        created = get("created")
         if created is not None and created != self._created:
             self._created = created
             self._stamp = _stamp(created)
             self._new_head()
         delta = choice.get("delta")
-        if isinstance(delta, dict):
+        if type(delta) is dict:
             text = delta.get("content")
-            thinking = _reasoning(delta)
+            thinking = delta.get("reasoning_content") or delta.get("reasoning")
             if delta.get("tool_calls"):
                 self._tool_deltas(delta["tool_calls"])
                 if self._timing.first is None:
                     self._timing.first = self._timing.clock()
         else:
-            text, thinking = choice.get("text"), ""
+            text, thinking = choice.get("text"), None
+        if type(text) is not str:
+            text = ""
+        if type(thinking) is not str:
+            thinking = ""
         out = b""
-        if (text and isinstance(text, str)) or thinking:
+        if text or thinking:
             if self._timing.first is None:
                 self._timing.first = self._timing.clock()
-            out = self._line(text if isinstance(text, str) else "", thinking)
+            out = self._line(text, thinking)
         reason = choice.get("finish_reason")
-        if isinstance(reason, str) and reason:
+        if reason and type(reason) is str:
             self._reason = FINISH_REASONS.get(reason, "stop")
             out += self._tool_line()
         return out
