@@ -24,6 +24,7 @@ never a clean ``message_stop``. Nothing here raises on any input.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring
 from typing import Any
 
 from .base import SSEEvents, dumps, parse_json
@@ -38,7 +39,7 @@ FINISH_REASONS = {
     "content_filter": "refusal",
 }
 TEXT, THINKING, TOOL = "text", "thinking", "tool_use"
-_quote = json.JSONEncoder(ensure_ascii=False).encode  # one JSON string, for the text fast path
+_quote = encode_basestring  # one JSON string (C), for the text fast path
 
 
 def sse_event(kind: str, doc: dict[str, Any]) -> bytes:
@@ -147,39 +148,41 @@ class AnthropicStream:
     # ------------------------------------------------------------------ one upstream event
 
     def _data(self, data: bytes, out: list[bytes]) -> None:
+        # Per event, kept lean: plain lookups, and each rare field costs one dict lookup when absent.
         if data == b"[DONE]":
             self._end(out)
             return
         chunk = parse_json(data)
-        if not isinstance(chunk, dict):
+        if type(chunk) is not dict:
             return  # not an event we can use
         if "error" in chunk:  # vLLM and others report a failure mid-stream this way
             self._fail(out, "api_error", _upstream_message(chunk["error"]))
             return
         usage = chunk.get("usage")
-        if isinstance(usage, dict):
+        if usage and type(usage) is dict:
             self.outcome.usage(usage)
         if not self._started:
             self._start(out)
-        choices = chunk.get("choices")
-        if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
-            return  # the usage chunk, or nothing for us
-        choice = choices[0]
-        delta = choice.get("delta")
-        if isinstance(delta, dict):
+        try:
+            choice = chunk["choices"][0]
+            delta = choice.get("delta")
+        except (KeyError, IndexError, TypeError, AttributeError):
+            return  # the usage chunk (no choices), or nothing for us
+        if type(delta) is dict:
             if self.thinking:
                 reasoning = delta.get("reasoning_content") or delta.get("reasoning")
-                if isinstance(reasoning, str) and reasoning:
+                if reasoning and type(reasoning) is str:
                     self._thinking(reasoning, out)
             text = delta.get("content")
-            if isinstance(text, str) and text:
+            if text and type(text) is str:
                 self._text(text, out)
             calls = delta.get("tool_calls")
-            if isinstance(calls, list):
+            if calls and type(calls) is list:
                 for position, call in enumerate(calls):
-                    if isinstance(call, dict):
+                    if type(call) is dict:
                         self._tool_call(call, position, out)
-        self.outcome.finish(choice)
+        if choice.get("finish_reason"):
+            self.outcome.finish(choice)
 
     def _start(self, out: list[bytes]) -> None:
         self._started = True
