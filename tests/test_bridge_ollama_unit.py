@@ -51,7 +51,7 @@ def ndjson(data: bytes) -> list[dict[str, Any]]:
 
 
 def test_translation_for_only_targets_openai_speakers() -> None:
-    assert set(ROUTES) == {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show"}
+    assert set(ROUTES) == {"/api/chat", "/api/generate", "/api/embed", "/api/embeddings", "/api/show", "/v1/messages"}
     assert isinstance(translation_for("/api/chat", ("openai",), {"model": "m"}), OllamaTranslation)
     assert translation_for("/api/chat", ("anthropic",), {"model": "m"}) is None  # nothing to target
     assert translation_for("/api/pull", ("openai",), {"model": "m"}) is None  # not bridged: passes through

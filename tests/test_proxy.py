@@ -292,8 +292,12 @@ async def test_request_id_generated_or_passed_through(single: tuple[FakeBackend,
     assert backend.requests[1].headers["X-Request-Id"] == "trace-42"
 
 
-async def test_responses_and_anthropic_messages_are_routed(single: tuple[FakeBackend, RunningGateway]) -> None:
-    backend, gw = single
+async def test_responses_and_anthropic_messages_are_routed(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    # A backend declared to speak anthropic gets /v1/messages as is (else it is translated: test_bridge_anthropic)
+    backend = await backend_factory("desktop", models=["llama3.2:latest", "qwen2.5:7b"])
+    gw = await gateway_factory({"backends": [backend_entry(backend, speaks=["ollama", "openai", "anthropic"])]})
     async with aiohttp.ClientSession() as http:
         async with http.post(f"{gw.url}/v1/responses", json={"model": "llama3.2", "input": "hi"}) as resp:
             assert resp.status == 200 and (await resp.json())["path"] == "/v1/responses"

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
-from . import ollama_openai
+from . import anthropic_openai, ollama_openai
 from .base import SSEEvents, StreamTranslator, Translation, WholeBody, adapt_response
 
 __all__ = [
@@ -31,7 +31,7 @@ __all__ = [
 TranslationFactory = Callable[[tuple[str, ...], dict[str, Any]], Translation | None]
 
 # Client endpoint (route template) -> factory. A new pair of dialects adds its module's ROUTES here.
-ROUTES: Mapping[str, TranslationFactory] = MappingProxyType({**ollama_openai.ROUTES})
+ROUTES: Mapping[str, TranslationFactory] = MappingProxyType({**ollama_openai.ROUTES, **anthropic_openai.ROUTES})
 
 
 def translation_for(endpoint_path: str, speaks: tuple[str, ...], payload: dict[str, Any]) -> Translation | None:
