@@ -36,10 +36,9 @@ async def test_stream_in_flight_completes_across_sigterm_while_readyz_fails_and_
         stream = await api.chat.completions.create(
             model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
         )
-        parts = []
-        async for chunk in stream:
-            parts.append(chunk.choices[0].delta.content)
-            break  # the first piece is out: the stream is in flight
+        # The first piece is out: the stream is in flight. (__anext__, not "async for ... break": a broken-off
+        # async-for leaves a generator behind that the collector may close while the stream is read again.)
+        parts = [(await stream.__anext__()).choices[0].delta.content]
         async with aiohttp.ClientSession() as http:  # an idle keep-alive connection, open before the signal
             async with http.get(f"{gw.url}/healthz") as resp:
                 assert resp.status == 200
