@@ -21,7 +21,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .auth import ANONYMOUS
+from .auth import ANONYMOUS, Principal
 from .backends import Backend
 from .bridge import Translation, adapt_response, translation_for
 from .circuit import FAILURE_REASONS
@@ -225,7 +225,7 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         if (
             spec.openai_stream
             and streaming_req
-            and state.config.metrics.inject_usage
+            and (state.config.metrics.inject_usage or _has_token_budget(state, principal))
             and inject_usage(payload, backend_type=candidates[0].config.type)
         ):
             transform = UsageStripper()
@@ -240,6 +240,16 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         if spec.changes_models and state.discovery is not None:
             state.discovery.refresh_soon()
     return response
+
+
+def _has_token_budget(state: GatewayState, principal: Principal) -> bool:
+    """Whether the client's tokens must be counted for its limits: then its OpenAI-style streams are
+    asked for their usage (and the extra chunk hidden), as ``metrics.inject_usage`` does for everyone."""
+    limiter = state.limiter
+    if limiter is None:
+        return False
+    limits = limiter.effective(principal)
+    return bool(limits.tokens_per_minute or limits.tokens_per_day)
 
 
 async def choose_backends(

@@ -294,6 +294,27 @@ async def test_tokens_are_counted_with_metrics_off(
             await client.chat.completions.create(**chat())
 
 
+async def test_a_token_budget_makes_plain_streams_count_without_inject_usage(
+    backend_factory: BackendFactory, gateway_factory: GatewayFactory
+) -> None:
+    """A client with a token budget: its OpenAI-style streams are asked for usage (hidden from it) and charged;
+    a client without one gets its request forwarded untouched (metrics.inject_usage is off)."""
+    backend, gw, _ = await limited(
+        backend_factory, gateway_factory, {"tokens_per_minute": 1}, bob={"requests_per_minute": 100}, kind="openai"
+    )
+    async with oai(gw) as client:
+        stream = await client.chat.completions.create(**chat(stream=True))  # no include_usage asked
+        chunks = [c async for c in stream]
+        assert chunks and all(c.usage is None for c in chunks)  # hidden from the client ...
+        assert backend.requests[-1].json["stream_options"] == {"include_usage": True}
+        with pytest.raises(openai.RateLimitError):  # ... but charged
+            await client.chat.completions.create(**chat())
+    async with oai(gw, BOB_KEY) as bob:
+        stream = await bob.chat.completions.create(**chat(stream=True))
+        assert [c async for c in stream]
+        assert "stream_options" not in backend.requests[-1].json
+
+
 async def test_inject_usage_makes_plain_streams_count(
     backend_factory: BackendFactory, gateway_factory: GatewayFactory
 ) -> None:
