@@ -314,10 +314,9 @@ async def forward(
         if payload is not None and spec.speaks_as not in backend.config.speaks:
             translation = translation_for(spec.path, backend.config.speaks, payload)
             if translation is not None:
-                known = backend.models.get(backend.lookup_key(rec.model))
-                local = translation.local(known.entry if known is not None else None)
-                if local is not None:  # e.g. /api/show: the gateway knows the answer
-                    return web.Response(body=local, content_type="application/json", headers=rec.response_headers)
+                local = translated_locally(translation, backend, rec)
+                if local is not None:
+                    return local
                 sent = json.dumps(translation.request(payload), ensure_ascii=False, separators=(",", ":")).encode()
                 path_qs = translation.upstream_path
         await backend.acquire(
@@ -421,6 +420,15 @@ async def forward(
             if in_flight is not None:
                 in_flight.finished(backend.name)
     raise error or ServiceUnavailable("no backend available", headers={"Retry-After": "1"})
+
+
+def translated_locally(translation: Translation, backend: Backend, rec: RequestRecord) -> web.Response | None:
+    """The answer when the gateway knows it without asking the backend (e.g. a translated /api/show)."""
+    known = backend.models.get(backend.lookup_key(rec.model))
+    local = translation.local(known.entry if known is not None else None)
+    if local is None:
+        return None
+    return web.Response(body=local, content_type="application/json", headers=rec.response_headers)
 
 
 def unavailable(requested: str, backends: tuple[Backend, ...]) -> ServiceUnavailable:
