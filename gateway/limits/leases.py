@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 __all__ = ["MAX_BATCH", "Entry", "LeaseBook", "batch_size"]
 
-MAX_BATCH = 100  # at most this many units leased at once: bounds what an idle process can strand
+MAX_BATCH = 1000  # at most this many units leased at once: bounds what an idle process can strand (5% of the limit rules below 20,000)
 
 
 def batch_size(limit: int) -> int:
