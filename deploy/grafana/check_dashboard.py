@@ -40,6 +40,13 @@ METRICS: dict[str, tuple[str, frozenset[str]]] = {
     # An addition to PRODUCT.md's table: completion tokens / (last byte - first byte), one
     # observation per completed request that reported a completion token count.
     "gateway_generation_tokens_per_second": ("histogram", frozenset({"backend", "model"})),
+    # Sharing and operations (PRODUCT.md), and the front door's additions.
+    "gateway_rate_limited_total": ("counter", frozenset({"client", "limit"})),
+    "gateway_queue_wait_seconds": ("histogram", frozenset({"backend"})),
+    "gateway_cold_loads_total": ("counter", frozenset({"backend", "model"})),
+    "gateway_connections_refused_total": ("counter", frozenset({"reason"})),
+    "gateway_client_timeouts_total": ("counter", frozenset({"phase"})),
+    "gateway_limits_store_up": ("gauge", frozenset({"store"})),
 }
 
 FUNCTIONS = frozenset(
