@@ -21,3 +21,32 @@ def test_check_names_the_unknown_dialect_in_speaks(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "backends[0].speaks: expected a non-empty list of dialects from ollama, openai, anthropic" in result.stderr
     assert "got ['openai', 'klingon']" in result.stderr
+
+
+def _key_paths(node: object, prefix: str) -> list[str]:
+    """Every mapping key under ``node`` as a dotted path, list items as ``[]``."""
+    if isinstance(node, dict):
+        return [p for k, v in node.items() for p in [f"{prefix}{k}", *_key_paths(v, f"{prefix}{k}.")]]
+    if isinstance(node, list):
+        return [p for item in node for p in _key_paths(item, prefix.rstrip(".") + "[].")]
+    return []
+
+
+def test_readme_configuration_table_names_every_server_backend_and_routing_key() -> None:
+    """The table is where a user looks a key up; keys documented only in prose were missed."""
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    example = yaml.safe_load((root / "gateway.example.yaml").read_text())
+    readme = (root / "README.md").read_text()
+    table = readme[readme.index("## Configuration") : readme.index("### Fair queueing")]
+    rows = [line.split("|")[1] for line in table.splitlines() if line.startswith("| `")]
+    missing = []
+    for path in _key_paths({k: example[k] for k in ("server", "backends", "routing")}, ""):
+        if "." not in path or path.count(".") > 1:
+            continue  # sub-keys are described in their parent's row
+        leaf = path.rsplit(".", 1)[-1]
+        parent = path.rsplit(".", 1)[0]
+        if not any(f"`{path}`" in row or (f"`{parent}." in row and f"{leaf}`" in row) for row in rows):
+            missing.append(path)
+    assert sorted(set(missing)) == []
