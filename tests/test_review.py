@@ -21,6 +21,10 @@ def test_check_names_the_unknown_dialect_in_speaks(tmp_path: Path) -> None:
     assert result.returncode == 2
     assert "backends[0].speaks: expected a non-empty list of dialects from ollama, openai, anthropic" in result.stderr
     assert "got ['openai', 'klingon']" in result.stderr
+    config.write_text("backends:\n  - name: a\n    url: http://127.0.0.1:11434\n    speaks: []\n")
+    assert (
+        "speaks: expected a non-empty list of dialects from ollama, openai, anthropic, got []" in _check(config).stderr
+    )
 
 
 def _key_paths(node: object, prefix: str) -> list[str]:
