@@ -6,6 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import aiohttp
+
+from .conftest import RunningGateway
+from .fakes import FakeBackend
+
 
 def _check(config: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
@@ -54,3 +59,18 @@ def test_readme_configuration_table_names_every_server_backend_and_routing_key()
         if not any(f"`{path}`" in row or (f"`{parent}." in row and f"{leaf}`" in row) for row in rows):
             missing.append(path)
     assert sorted(set(missing)) == []
+
+
+async def test_readme_metrics_table_lists_every_exported_family(
+    single: tuple[FakeBackend, RunningGateway], http: aiohttp.ClientSession
+) -> None:
+    """What /metrics really exports is what a user will look up in the table."""
+    _, gw = single
+    async with http.get(f"{gw.url}/metrics") as resp:
+        assert resp.status == 200
+        exported = {line.split()[2] for line in (await resp.text()).splitlines() if line.startswith("# TYPE ")}
+    assert "gateway_requests_total" in exported
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Metrics, logs and health") :]
+    table = section[: section.index("Label values come")]
+    assert sorted(name for name in exported if f"| `{name}` |" not in table) == []
