@@ -8,8 +8,12 @@ from pathlib import Path
 
 import aiohttp
 
-from .conftest import RunningGateway
+from . import test_bridge_ollama
+from .conftest import GatewayFactory, RunningGateway
 from .fakes import FakeBackend
+from .test_bridge_ollama import OpenAIFactory, bridged
+
+openai_factory = test_bridge_ollama.openai_factory  # the fixture, shared
 
 
 def _check(config: Path) -> subprocess.CompletedProcess[str]:
@@ -74,3 +78,16 @@ async def test_readme_metrics_table_lists_every_exported_family(
     section = readme[readme.index("## Metrics, logs and health") :]
     table = section[: section.index("Label values come")]
     assert sorted(name for name in exported if f"| `{name}` |" not in table) == []
+
+
+async def test_bridge_rejects_an_unknown_think_value_in_ollama_shape(
+    openai_factory: OpenAIFactory, gateway_factory: GatewayFactory, http: aiohttp.ClientSession
+) -> None:
+    """`think: "x"` was dropped and the backend asked without it; Ollama itself answers 400."""
+    fake, gw, _ = await bridged(openai_factory, gateway_factory)
+    for think in ("x", 1, ["high"]):
+        payload = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "think": think}
+        async with http.post(gw.url + "/api/chat", json=payload) as resp:
+            assert resp.status == 400, think
+            assert await resp.json() == {"error": '\'think\' must be true, false, "low", "medium" or "high"'}
+    assert fake.requests == []
