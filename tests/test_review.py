@@ -1,4 +1,4 @@
-"""Defects found by trying the merged gateway as a new user would, each pinned by the real command."""
+"""Defects found by trying the merged gateway as a new user would, pinned through real sockets or commands."""
 
 from __future__ import annotations
 
