@@ -170,6 +170,9 @@ def _describe(value: object) -> str:
     if isinstance(value, Mapping):
         return "a mapping"
     if isinstance(value, list):
+        # A short list of names is shown, so the bad one can be seen (speaks: [klingon]).
+        if all(isinstance(v, str) for v in value) and len(repr(value)) <= 80:
+            return repr(value)
         return "a list"
     return repr(value)
 
