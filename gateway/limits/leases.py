@@ -19,7 +19,9 @@ from dataclasses import dataclass
 
 __all__ = ["MAX_BATCH", "Entry", "LeaseBook", "batch_size"]
 
-MAX_BATCH = 1000  # at most this many units leased at once: bounds what an idle process can strand (5% of the limit rules below 20,000)
+# At most this many units leased at once: bounds what an idle process can strand (below a limit of
+# 20,000 the 1/20 rule is smaller); large limits get large leases, so busy clients refill rarely.
+MAX_BATCH = 1000
 
 
 def batch_size(limit: int) -> int:
