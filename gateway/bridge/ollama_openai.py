@@ -193,7 +193,7 @@ def _think(think: Any, out: dict[str, Any]) -> None:
     elif isinstance(think, str) and think in THINK_LEVELS:
         out["reasoning_effort"] = think
     elif think is not None:  # Ollama rejects it too; dropping it would silently change the answer
-        raise BadRequest("'think' must be true, false, \"low\", \"medium\" or \"high\"", param="think")
+        raise BadRequest('\'think\' must be true, false, "low", "medium" or "high"', param="think")
 
 
 def _generation(payload: Mapping[str, Any], out: dict[str, Any]) -> dict[str, Any]:
