@@ -38,6 +38,7 @@ from .errors import (
     MethodNotAllowed,
     NotFound,
     PayloadTooLarge,
+    ServiceUnavailable,
     error_response,
 )
 from .headers import client_address, host_name
@@ -186,7 +187,26 @@ def make_entry_middleware(state: GatewayState) -> Middleware:
                 return response
             if not rec.bytes_out:  # a body built whole here (listings, probes): count it too
                 rec.bytes_out = _body_size(response)
-        except (asyncio.CancelledError, ConnectionResetError):  # the client left: nothing to answer
+        except asyncio.CancelledError:
+            if not drain.expired or rec.error == "shutdown":  # the client left (or a stream ended itself)
+                rec.status = 499
+                rec.error = rec.error or "client_closed"
+                raise
+            # The drain's deadline passed before any answer started (queued, or waiting for the backend):
+            # answer in the endpoint's dialect rather than drop the connection (drain.py).
+            current = asyncio.current_task(loop)
+            if current is not None:
+                current.uncancel()
+            rec.error = "shutdown"
+            ended = ServiceUnavailable(
+                "the gateway shut down before the backend answered (server.shutdown_timeout); retry",
+                headers={"Retry-After": "1"},
+            )
+            rec.status = ended.status
+            response = error_response(path, ended)
+            response.force_close()
+            rec.bytes_out = _body_size(response)
+        except ConnectionResetError:  # the client left: nothing to answer
             rec.status = 499
             rec.error = rec.error or "client_closed"
             raise

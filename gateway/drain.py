@@ -6,7 +6,9 @@ idle keep-alive connections with it (aiohttp's ``AppRunner.cleanup``: ``site.sto
 ``pre_shutdown``); in-flight requests and streams get ``server.shutdown_timeout`` to finish. Then
 ``Drain.expire`` ends what is left abnormally: a stream gets an in-band error where its dialect
 has one and never its final chunk (``streaming.relay`` does that when its task is cancelled with
-``expired`` set), any other request loses its connection.
+``expired`` set); a proxied request with no answer started yet (queued, or waiting for its
+backend's head) is answered 503 in its dialect by the entry middleware; any other connection still
+busy is closed.
 
 aiohttp alone would wait the timeout twice (once for the handler, once more after cancelling
 the request payload) and end a stream with a bare cancellation, hence the own deadline here.
@@ -33,7 +35,7 @@ class Drain:
 
     active: bool = False  # SIGTERM seen: readiness fails, new responses close their connection
     expired: bool = False  # the shutdown timeout passed: streams still running end abnormally
-    streams: set[asyncio.Task[None]] = field(default_factory=set)  # handler tasks of streams whose head went out
+    streams: set[asyncio.Task[None]] = field(default_factory=set)  # tasks of proxied requests in flight
 
     def expire(self) -> list[asyncio.Task[None]]:
         """Cancel every stream still running (each writes its own in-band error); returns their tasks."""

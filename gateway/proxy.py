@@ -150,22 +150,30 @@ def requested_model(payload: dict[str, Any], spec: Endpoint) -> tuple[str, str] 
 
 def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
-        limiter = request.app[STATE].limiter
-        if limiter is None or spec.admin:  # admin model management is never limited
-            return await handle(request, spec)
-        # Inside the client's limits (limits/): admitted (or 429) before the body is read, charged when over.
-        rec = request[RECORD]
-        client = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec)  # sets rec.response_headers
-        if isinstance(client, Pending):  # only shared stores: a round trip decides
-            client = await limiter.settle(client, rec)
+        state = request.app[STATE]
+        # In flight for the drain: past server.shutdown_timeout it is ended in its dialect (drain.py).
+        in_flight = state.drain.streams
+        task = request.task
+        in_flight.add(task)
         try:
-            return await handle(request, spec)
-        except GatewayError as err:
-            if rec.response_headers:
-                err.headers = {**rec.response_headers, **err.headers}
-            raise
+            limiter = state.limiter
+            if limiter is None or spec.admin:  # admin model management is never limited
+                return await handle(request, spec)
+            # Inside the client's limits (limits/): admitted (or 429) before the body is read, charged when over.
+            rec = request[RECORD]
+            client = limiter.admit(request.get(PRINCIPAL, ANONYMOUS), rec)  # sets rec.response_headers
+            if isinstance(client, Pending):  # only shared stores: a round trip decides
+                client = await limiter.settle(client, rec)
+            try:
+                return await handle(request, spec)
+            except GatewayError as err:
+                if rec.response_headers:
+                    err.headers = {**rec.response_headers, **err.headers}
+                raise
+            finally:
+                limiter.finish(client, rec)
         finally:
-            limiter.finish(client, rec)
+            in_flight.discard(task)
 
     return handler
 

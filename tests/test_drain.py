@@ -124,3 +124,32 @@ async def test_workers_2_the_parent_drains_every_worker(tmp_path: Path, backend_
             assert "".join(text) == "Hello!"
         assert await gw.exit_code() == 0
     assert gw.log.count("INFO gateway: stopped") == 2
+
+
+async def test_requests_still_waiting_for_their_backend_at_the_deadline_get_a_503_in_their_dialect(
+    tmp_path: Path, backend_factory: BackendFactory
+) -> None:
+    """Past shutdown_timeout, a request with no answer started yet is answered, not dropped."""
+    openai_box = await backend_factory("box", kind="openai", models=["m1"], hang=True)
+    ollama_box = await backend_factory("ollama", kind="ollama", models=["llama3.2:latest"], hang=True)
+    doc = {"backends": [backend_entry(openai_box), backend_entry(ollama_box)], "server": {"shutdown_timeout": "1s"}}
+    async with gateway_process(tmp_path, doc) as gw, aiohttp.ClientSession() as http:
+        chat = {"messages": [{"role": "user", "content": "hi"}], "stream": False}
+
+        async def ask(path: str, model: str) -> tuple[int, Any, str]:
+            async with http.post(f"{gw.url}{path}", json={**chat, "model": model}) as resp:
+                return resp.status, await resp.json(), resp.headers.get("Retry-After", "")
+
+        waiting = [
+            asyncio.create_task(ask("/v1/chat/completions", "m1")),
+            asyncio.create_task(ask("/api/chat", "llama3.2")),
+        ]
+        await openai_box.started.wait()
+        await ollama_box.started.wait()
+        gw.proc.send_signal(signal.SIGTERM)
+        (openai_status, openai_body, retry), (ollama_status, ollama_body, _) = await asyncio.gather(*waiting)
+        message = "the gateway shut down before the backend answered (server.shutdown_timeout); retry"
+        assert (openai_status, openai_body["error"]["message"], retry) == (503, message, "1")
+        assert (ollama_status, ollama_body) == (503, {"error": message})
+        assert await gw.exit_code() == 0
+        await asyncio.wait_for(openai_box.closed.wait(), 5)  # the backend's request was closed (the GPU stops)
