@@ -18,11 +18,16 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from .config import CircuitConfig
+from .errors import ServiceUnavailable
 
-__all__ = ["FAILURE_REASONS", "Circuit"]
+if TYPE_CHECKING:
+    from .backends import Backend
+
+__all__ = ["FAILURE_REASONS", "Circuit", "out_reason", "unavailable"]
 
 # rec.error values (proxy.no_response, streaming.relay) that mean "the backend failed", as the
 # status page words them; "status" is a 502/503/504 answer. client_closed is the client's doing.
@@ -117,3 +122,26 @@ class Circuit:
         self.trial = False
         if self.on_change is not None:
             self.on_change()
+
+
+def out_reason(backend: Backend) -> str | None:
+    """Why a backend gets no requests: its health probes, or its circuit (with when it is retried)."""
+    if not backend.up:
+        return "health probe failing"
+    if backend.circuit is not None and backend.circuit.is_open:
+        return backend.circuit.describe()
+    return None
+
+
+def unavailable(requested: str, backends: Iterable[Backend]) -> ServiceUnavailable:
+    """The 503 when every backend of a model is out: why each one is, and when to retry."""
+    reasons, retry = [], 10.0
+    for b in backends:
+        reasons.append(f"{b.name}: {out_reason(b) or 'busy'}")
+        circuit = b.circuit
+        if b.up and circuit is not None and circuit.is_open:
+            retry = min(retry, circuit.retry_in())
+    return ServiceUnavailable(
+        f"no healthy backend for model '{requested}' ({'; '.join(reasons)})",
+        headers={"Retry-After": str(max(1, math.ceil(retry)))},
+    )

@@ -35,6 +35,7 @@ from aiohttp import web
 from . import __version__
 from .auth import ANONYMOUS
 from .backends import Backend
+from .circuit import out_reason
 from .errors import Forbidden
 from .limits.report import status_page
 from .metrics import Metrics
@@ -137,15 +138,6 @@ class _Snapshots:
             "auth_failures": _by_label(samples, "gateway_auth_failures_total", "reason"),
             "rate_limited": _by_label(samples, "gateway_rate_limited_total", "client", "limit"),
         }
-
-
-def out_reason(backend: Backend) -> str | None:
-    """Why a backend gets no requests: its health probes, or its circuit (with when it is retried)."""
-    if not backend.up:
-        return "health probe failing"
-    if backend.circuit is not None and backend.circuit.is_open:
-        return backend.circuit.describe()
-    return None
 
 
 def _queued(backend: Backend) -> list[dict[str, Any]]:

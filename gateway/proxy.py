@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,10 +20,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from .auth import ANONYMOUS, Principal
+from .attempt import Attempt
+from .auth import ANONYMOUS
 from .backends import Backend
-from .bridge import Translation, adapt_response, translation_for
-from .circuit import FAILURE_REASONS
+from .bridge import Translation, adapt_response, local_answer, translation_for
+from .circuit import unavailable
 from .errors import (
     BadGateway,
     BadRequest,
@@ -41,7 +41,6 @@ from .fairqueue import anonymous_client
 from .frontdoor import check_content_encoding
 from .headers import upstream_headers
 from .limits import Pending
-from .placement import LOADING_ENDPOINTS
 from .record import RequestRecord
 from .state import PRINCIPAL, RECORD, STATE, GatewayState
 from .streaming import Transform, relay
@@ -56,7 +55,6 @@ from .usage import USAGE_ENDPOINTS, UsageStripper, inject_usage
 
 __all__ = ["ENDPOINTS", "Endpoint", "add_proxy_routes"]
 
-RETRY_STATUSES = frozenset({502, 503, 504})
 LARGE_BODY = 1 << 20
 MAX_MODEL_NAME = 256
 Upstream = aiohttp.ClientResponse | UpstreamResponse
@@ -233,7 +231,10 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         if (
             spec.openai_stream
             and streaming_req
-            and (state.config.metrics.inject_usage or _has_token_budget(state, principal))
+            and (
+                state.config.metrics.inject_usage
+                or (state.limiter is not None and state.limiter.counts_tokens(principal))
+            )
             and inject_usage(payload, backend_type=candidates[0].config.type)
         ):
             transform = UsageStripper()
@@ -248,16 +249,6 @@ async def handle(request: web.Request, spec: Endpoint) -> web.StreamResponse:
         if spec.changes_models and state.discovery is not None:
             state.discovery.refresh_soon()
     return response
-
-
-def _has_token_budget(state: GatewayState, principal: Principal) -> bool:
-    """Whether the client's tokens must be counted for its limits: then its OpenAI-style streams are
-    asked for their usage (and the extra chunk hidden), as ``metrics.inject_usage`` does for everyone."""
-    limiter = state.limiter
-    if limiter is None:
-        return False
-    limits = limiter.effective(principal)
-    return bool(limits.tokens_per_minute or limits.tokens_per_day)
 
 
 async def choose_backends(
@@ -322,7 +313,7 @@ async def forward(
         if payload is not None and spec.speaks_as not in backend.config.speaks:
             translation = translation_for(spec.path, backend.config.speaks, payload)
             if translation is not None:
-                local = translated_locally(translation, backend, rec)
+                local = local_answer(translation, backend, rec)
                 if local is not None:
                     return local
                 sent = json.dumps(translation.request(payload), ensure_ascii=False, separators=(",", ":")).encode()
@@ -332,17 +323,11 @@ async def forward(
         )
         if in_flight is not None:
             in_flight.started(backend.name)
-        circuit, loaded = backend.circuit, backend.loaded
-        trial, placed = False, ""  # trial: a half-open circuit's trial awaiting its verdict
-        answered: bool | None = None  # the head's verdict: None when there was none (the client left)
+        attempt = Attempt(backend)
         try:
-            if circuit is not None:
-                if not circuit.enter():  # opened, or its one trial taken, since routing chose it
-                    continue
-                trial = circuit.trial
-            if loaded is not None and rec.model and spec.path in LOADING_ENDPOINTS:
-                placed = backend.lookup_key(rec.model)
-                loaded.begin(placed, rec.model, payload.get("keep_alive") if payload is not None else None)
+            keep_alive = payload.get("keep_alive") if payload is not None else None
+            if not attempt.enter(backend, rec.model, spec.path, keep_alive):
+                continue
             headers = upstream_headers(
                 request.headers,
                 peer_ip=request.remote or rec.remote,
@@ -360,10 +345,8 @@ async def forward(
             except (BadGateway, GatewayTimeout) as exc:  # a 400 (unforwardable request) is the client's
                 if metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
-                if circuit is not None:
-                    circuit.failed(rec.error)
-                    trial = False
-                answered, error = False, exc
+                attempt.no_response(rec.error)
+                error = exc
                 if rec.error == "timeout":  # the first-byte budget is spent: another backend cannot meet it
                     break
                 continue
@@ -376,14 +359,7 @@ async def forward(
                     f"backend '{backend.name}' rejected the gateway's credentials (HTTP {upstream.status}); "
                     f"check backends[{backend.index}].api_key"
                 )
-            answered = upstream.status not in RETRY_STATUSES
-            if circuit is not None:  # a 502/503/504 head fails it; a good head decides a trial at once
-                if not answered:
-                    circuit.failed("status")
-                elif trial:
-                    circuit.succeeded()
-                trial = False
-            if upstream.status in RETRY_STATUSES and not last_try:
+            if not attempt.head(upstream.status) and not last_try:
                 upstream.close()
                 rec.error = "status"
                 if metrics is not None:
@@ -414,45 +390,13 @@ async def forward(
             finally:
                 if rec.error and metrics is not None:
                     metrics.upstream_error(backend.name, rec.error)
-                if circuit is not None and answered:  # the whole answer relayed, or cut by the backend
-                    if not rec.error:
-                        circuit.succeeded()
-                    elif rec.error in FAILURE_REASONS:
-                        circuit.failed(rec.error)
+                attempt.relayed(rec.error)
         finally:
-            if trial and circuit is not None:  # no verdict (the client left, an unforwardable request)
-                circuit.abandoned()
-            if placed and loaded is not None:
-                loaded.end(placed, failed=answered is False or rec.error in FAILURE_REASONS)
+            attempt.close(rec.error)
             backend.release(client)
             if in_flight is not None:
                 in_flight.finished(backend.name)
     raise error or ServiceUnavailable("no backend available", headers={"Retry-After": "1"})
-
-
-def translated_locally(translation: Translation, backend: Backend, rec: RequestRecord) -> web.Response | None:
-    """The answer when the gateway knows it without asking the backend (e.g. a translated /api/show)."""
-    known = backend.models.get(backend.lookup_key(rec.model))
-    local = translation.local(known.entry if known is not None else None)
-    if local is None:
-        return None
-    return web.Response(body=local, content_type="application/json", headers=rec.response_headers)
-
-
-def unavailable(requested: str, backends: tuple[Backend, ...]) -> ServiceUnavailable:
-    """The 503 when every backend of a model is out: why each one is, and when to retry."""
-    reasons, retry = [], 10.0
-    for b in backends:
-        circuit = b.circuit
-        if b.up and circuit is not None and circuit.is_open:
-            reasons.append(f"{b.name}: {circuit.describe()}")
-            retry = min(retry, circuit.retry_in())
-        else:
-            reasons.append(f"{b.name}: down")
-    return ServiceUnavailable(
-        f"no healthy backend for model '{requested}' ({'; '.join(reasons)})",
-        headers={"Retry-After": str(max(1, math.ceil(retry)))},
-    )
 
 
 def payload_of(body: bytes | aiohttp.StreamReader | None) -> bytes | io.BytesIO | aiohttp.StreamReader | None:

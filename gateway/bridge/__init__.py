@@ -13,6 +13,10 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
+from aiohttp import web
+
+from ..backends import Backend
+from ..record import RequestRecord
 from . import anthropic_openai, ollama_openai
 from .base import SSEEvents, StreamTranslator, Translation, WholeBody, adapt_response
 
@@ -24,6 +28,7 @@ __all__ = [
     "TranslationFactory",
     "WholeBody",
     "adapt_response",
+    "local_answer",
     "translation_for",
 ]
 
@@ -42,3 +47,12 @@ def translation_for(endpoint_path: str, speaks: tuple[str, ...], payload: dict[s
     """
     factory = ROUTES.get(endpoint_path)
     return factory(speaks, payload) if factory is not None else None
+
+
+def local_answer(translation: Translation, backend: Backend, rec: RequestRecord) -> web.Response | None:
+    """The answer when the gateway knows it without asking the backend (e.g. a translated /api/show)."""
+    known = backend.models.get(backend.lookup_key(rec.model))
+    local = translation.local(known.entry if known is not None else None)
+    if local is None:
+        return None
+    return web.Response(body=local, content_type="application/json", headers=rec.response_headers)

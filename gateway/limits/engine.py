@@ -307,6 +307,12 @@ class Limiter:
     def effective(self, principal: Principal) -> RateLimits:
         return principal.limits or self.default
 
+    def counts_tokens(self, principal: Principal) -> bool:
+        """Whether the client has a token budget: then its OpenAI-style streams must be asked for
+        their usage (the extra chunk hidden), as ``metrics.inject_usage`` does for everyone."""
+        limits = principal.limits or self.default
+        return bool(limits.tokens_per_minute or limits.tokens_per_day)
+
     def usage(self) -> Iterator[dict[str, object]]:
         """Per client, for the status page: limits, requests and tokens today, what is left, in flight.
 
