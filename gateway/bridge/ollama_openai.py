@@ -24,7 +24,7 @@ from typing import Any
 
 from ..errors import BadRequest
 from .base import Translation, dumps, error_message
-from .ollama_stream import FINISH_REASONS, Clock, OllamaStream, Timing, ollama_arguments, stamp
+from .ollama_stream import FINISH_REASONS, Clock, OllamaStream, Timing, ollama_arguments, put_answer, stamp
 
 __all__ = ["ROUTES", "OllamaTranslation"]
 
@@ -292,10 +292,7 @@ class OllamaTranslation(Translation):
             return dumps(show_document(self.model, entry))
         if self.load_only:
             doc: dict[str, Any] = {"model": self.model, "created_at": stamp(None, self.now)}
-            if self.kind == "chat":
-                doc["message"] = {"role": "assistant", "content": ""}
-            else:
-                doc["response"] = ""
+            put_answer(doc, self._key(), "")
             doc.update(done=True, done_reason="unload" if self.unload else "load")
             return dumps(doc)
         return None
@@ -305,9 +302,12 @@ class OllamaTranslation(Translation):
     def error(self, status: int, body: bytes) -> bytes:
         return dumps({"error": error_message(status, body)})
 
+    def _key(self) -> str:
+        """Where an answer's text goes: ``"message"`` (``/api/chat``) or ``"response"`` (``/api/generate``)."""
+        return "message" if self.kind == "chat" else "response"
+
     def stream(self) -> OllamaStream:
-        key = "message" if self.kind == "chat" else "response"
-        return OllamaStream(self.model, key, self.clock, self.start, self.now)
+        return OllamaStream(self.model, self._key(), self.clock, self.start, self.now)
 
     def response(self, body: bytes) -> bytes:
         try:
@@ -327,18 +327,11 @@ class OllamaTranslation(Translation):
         text = message.get("content") if message is not None else choice.get("text")
         text = text if isinstance(text, str) else ""
         thinking = _reasoning(message) if message is not None else ""
+        holder = put_answer(out, self._key(), text, thinking)
         if self.kind == "chat":
-            reply: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                reply["thinking"] = thinking
             calls = ollama_tool_calls(message.get("tool_calls")) if message is not None else []
             if calls:
-                reply["tool_calls"] = calls
-            out["message"] = reply
-        else:
-            out["response"] = text
-            if thinking:
-                out["thinking"] = thinking
+                holder["tool_calls"] = calls
         out["done"] = True
         reason = choice.get("finish_reason")
         out["done_reason"] = FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"

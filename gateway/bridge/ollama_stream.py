@@ -19,7 +19,7 @@ from typing import Any
 
 from .base import SSEEvents, dumps, error_message, parse_json
 
-__all__ = ["FINISH_REASONS", "Clock", "OllamaStream", "Timing", "ollama_arguments", "stamp"]
+__all__ = ["FINISH_REASONS", "Clock", "OllamaStream", "Timing", "ollama_arguments", "put_answer", "stamp"]
 
 log = logging.getLogger("gateway.bridge")
 
@@ -63,6 +63,21 @@ def ollama_arguments(arguments: Any) -> dict[str, Any]:
             return {}
         return parsed if isinstance(parsed, dict) else {}
     return {}
+
+
+def put_answer(doc: dict[str, Any], key: str, text: str, thinking: str = "") -> dict[str, Any]:
+    """Put an answer's text (and thinking, if any) in ``doc`` where Ollama has it: under ``key``
+    ``"message"`` an assistant message (``/api/chat``), under ``"response"`` the top level
+    (``/api/generate``). Returns the dict that holds them, for the tool calls a message adds."""
+    if key == "message":
+        holder: dict[str, Any] = {"role": "assistant", "content": text}
+        doc["message"] = holder
+    else:
+        doc["response"] = text
+        holder = doc
+    if thinking:
+        holder["thinking"] = thinking
+    return holder
 
 
 class Timing:
@@ -236,15 +251,7 @@ class OllamaStream:
                 quoted = json.encoder.encode_basestring_ascii(text).encode()
             return self._head + quoted + tail
         doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
-        if self._key == "message":
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                message["thinking"] = thinking
-            doc["message"] = message
-        else:
-            doc["response"] = text
-            if thinking:
-                doc["thinking"] = thinking
+        put_answer(doc, self._key, text, thinking)
         doc["done"] = False
         return dumps(doc) + b"\n"
 
@@ -252,10 +259,7 @@ class OllamaStream:
         self._ended = True
         out = self._tool_line()
         doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
-        if self._key == "message":
-            doc["message"] = {"role": "assistant", "content": ""}
-        else:
-            doc["response"] = ""
+        put_answer(doc, self._key, "")
         doc["done"] = True
         doc["done_reason"] = self._reason or "stop"
         return out + dumps(self._timing.fields(doc)) + b"\n"
