@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from gateway.bridge import ROUTES, WholeBody, adapt_response, translation_for
 from gateway.bridge.base import SSEEvents, error_message
-from gateway.bridge.ollama_openai import OllamaStream, OllamaTranslation, image_part, openai_messages
+from gateway.bridge.ollama_openai import OllamaTranslation, image_part, openai_messages
+from gateway.bridge.ollama_stream import OllamaStream
 from gateway.errors import BadRequest
 
 

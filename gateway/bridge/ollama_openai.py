@@ -9,13 +9,9 @@
 | ``/api/embed``, ``/api/embeddings`` | ``/v1/embeddings``                                        |
 | ``/api/show``                   | answered by the gateway from the backend's listing entry      |
 
-Streams (Ollama's default) ask the backend for its usage chunk (``stream_options.include_usage``)
-and turn each SSE event into one NDJSON line as it arrives; the usage chunk and ``[DONE]`` become
-the final ``"done": true`` line with ``done_reason``, token counts and durations (nanoseconds:
-llama.cpp's ``timings`` where the backend sends them, else measured by the gateway from the
-request, the first token and the end). Streamed tool-call deltas are accumulated and sent as
-whole ``tool_calls`` (arguments as objects) when the choice finishes. A backend's error comes back
-as ``{"error": "..."}`` with the backend's status, an in-band SSE error as an ``{"error"}`` line.
+Streams (Ollama's default) become NDJSON lines as they arrive (``ollama_stream.py``). A backend's
+error comes back as ``{"error": "..."}`` with the backend's status, an in-band SSE error as an
+``{"error"}`` line.
 """
 
 from __future__ import annotations
@@ -27,9 +23,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import BadRequest
-from .base import SSEEvents, Translation, dumps, error_message, parse_json
+from .base import Translation, dumps, error_message
+from .ollama_stream import FINISH_REASONS, Clock, OllamaStream, Timing, ollama_arguments, put_answer, stamp
 
-__all__ = ["ROUTES", "OllamaStream", "OllamaTranslation"]
+__all__ = ["ROUTES", "OllamaTranslation"]
 
 log = logging.getLogger("gateway.bridge")
 
@@ -45,14 +42,10 @@ OPTIONS = {
     "frequency_penalty": "frequency_penalty", "presence_penalty": "presence_penalty",
     "repeat_penalty": "repeat_penalty",
 }  # fmt: skip
-FINISH_REASONS = {"stop": "stop", "length": "length", "tool_calls": "stop", "function_call": "stop"}
 IMAGE_SIGNATURES = (
     ("iVBORw0KGgo", "image/png"), ("/9j/", "image/jpeg"), ("R0lGOD", "image/gif"), ("UklGR", "image/webp"),
 )  # fmt: skip
 THINK_LEVELS = frozenset({"low", "medium", "high"})
-
-Clock = Callable[[], int]
-_quote = json.encoder.encode_basestring  # a str as a JSON string, non-ASCII kept (C): what dumps does
 
 
 # --------------------------------------------------------------------------- requests
@@ -210,42 +203,6 @@ def _generation(payload: Mapping[str, Any], out: dict[str, Any]) -> dict[str, An
 # --------------------------------------------------------------------------- responses
 
 
-def _stamp(created: Any, now: float | None = None) -> str:
-    """Ollama's ``created_at`` (RFC 3339, UTC) from OpenAI's ``created`` (Unix seconds), else ``now``."""
-    if isinstance(created, int | float) and not isinstance(created, bool):
-        seconds = created
-    else:
-        seconds = time.time() if now is None else now
-    try:
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
-    except (OverflowError, OSError, ValueError):
-        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _count(value: Any) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _ms_to_ns(value: Any) -> int | None:
-    if isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < 1e12:
-        return int(value * 1_000_000)
-    return None
-
-
-def ollama_arguments(arguments: Any) -> dict[str, Any]:
-    """OpenAI's JSON-string arguments as the object Ollama's clients expect ({} when unreadable)."""
-    if isinstance(arguments, dict):
-        return arguments
-    if isinstance(arguments, str) and arguments.strip():
-        try:
-            parsed = json.loads(arguments)
-        except ValueError:
-            log.debug("tool call arguments are not JSON: %.200r", arguments)
-            return {}
-        return parsed if isinstance(parsed, dict) else {}
-    return {}
-
-
 def ollama_tool_calls(calls: Any) -> list[dict[str, Any]]:
     """OpenAI tool calls (whole) -> Ollama's."""
     out = []
@@ -260,202 +217,6 @@ def ollama_tool_calls(calls: Any) -> list[dict[str, Any]]:
 def _reasoning(doc: Mapping[str, Any]) -> str:
     value = doc.get("reasoning_content") or doc.get("reasoning")
     return value if isinstance(value, str) else ""
-
-
-class _Timing:
-    """What the final ``done`` object reports: counts from usage, durations from timings or the clock."""
-
-    __slots__ = ("clock", "start", "first", "prompt", "completion", "prompt_ns", "eval_ns")
-
-    def __init__(self, clock: Clock, start: int) -> None:
-        self.clock = clock
-        self.start = start
-        self.first: int | None = None  # when the first token arrived
-        self.prompt: int | None = None
-        self.completion: int | None = None
-        self.prompt_ns: int | None = None
-        self.eval_ns: int | None = None
-
-    def absorb(self, doc: Mapping[str, Any]) -> None:
-        usage = doc.get("usage")
-        if isinstance(usage, dict):
-            self.prompt = _count(usage.get("prompt_tokens"))
-            self.completion = _count(usage.get("completion_tokens"))
-        timings = doc.get("timings")  # llama.cpp's server: prompt_ms, predicted_ms
-        if isinstance(timings, dict):
-            self.prompt_ns = _ms_to_ns(timings.get("prompt_ms"))
-            self.eval_ns = _ms_to_ns(timings.get("predicted_ms"))
-
-    def fields(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Add the counts and durations to a final object. Without a first-token time (a whole
-        answer) the prompt's share is unknown: ``eval_duration`` then covers the whole request."""
-        now = self.clock()
-        total = max(now - self.start, 0)
-        doc["total_duration"] = total
-        doc["load_duration"] = 0  # not observable through OpenAI's API: part of prompt_eval_duration
-        if self.prompt is not None:
-            doc["prompt_eval_count"] = self.prompt
-        if self.prompt_ns is not None:
-            doc["prompt_eval_duration"] = self.prompt_ns
-        elif self.first is not None:
-            doc["prompt_eval_duration"] = max(self.first - self.start, 0)
-        if self.completion is not None:
-            doc["eval_count"] = self.completion
-        if self.eval_ns is not None:
-            doc["eval_duration"] = self.eval_ns
-        else:
-            doc["eval_duration"] = max(now - self.first, 0) if self.first is not None else total
-        return doc
-
-
-class OllamaStream:
-    """An OpenAI SSE stream (chat or completions) -> Ollama NDJSON, one line per content event.
-
-    ``key`` is where the text goes: ``"message"`` (``/api/chat``) or ``"response"`` (``/api/generate``).
-    """
-
-    __slots__ = ("_events", "_model", "_key", "_timing", "_stamp", "_created", "_reason", "_tools", "_ended",
-                 "_head")  # fmt: skip
-
-    def __init__(self, model: str, key: str, clock: Clock, start: int, now: float | None = None) -> None:
-        self._events = SSEEvents()
-        self._model = model
-        self._key = key
-        self._timing = _Timing(clock, start)
-        self._created: Any = None
-        self._stamp = _stamp(None, now)  # until the backend's "created" says otherwise
-        self._head = b""  # the bytes every content line starts with (model, created_at): built per timestamp
-        self._new_head()
-        self._reason = ""
-        self._tools: dict[int, list[str]] = {}  # index -> [name, arguments so far]
-        self._ended = False  # the done line (or an error line) went out: nothing follows it
-
-    def feed(self, chunk: bytes) -> bytes:
-        if self._ended:
-            return b""
-        out = b""
-        for _, data in self._events.feed(chunk):
-            line = self._event(data)
-            if line:
-                out += line
-            if self._ended:
-                break
-        return out
-
-    def flush(self) -> bytes:
-        """A stream that ended cleanly without ``[DONE]`` still gets its final line."""
-        return b"" if self._ended else self._done()
-
-    def _event(self, data: bytes) -> bytes:
-        # Once per token: plain lookups and type() checks, no helper calls on the common path.
-        if data == b"[DONE]":
-            return self._done()
-        doc = parse_json(data)
-        if type(doc) is not dict:
-            return b""
-        get = doc.get
-        if get("error") is not None:  # an in-band error (vLLM): Ollama's error line ends the stream
-            self._ended = True
-            return dumps({"error": error_message(500, data)}) + b"\n"
-        if get("usage") is not None or "timings" in doc:  # OpenAI sends "usage": null in every chunk
-            self._timing.absorb(doc)
-        choices = get("choices")
-        if type(choices) is not list or not choices or type(choices[0]) is not dict:
-            return b""
-        choice = choices[0]
-        created = get("created")
-        if created is not None and created != self._created:
-            self._created = created
-            self._stamp = _stamp(created)
-            self._new_head()
-        delta = choice.get("delta")
-        if type(delta) is dict:
-            text = delta.get("content")
-            thinking = delta.get("reasoning_content") or delta.get("reasoning")
-            if delta.get("tool_calls"):
-                self._tool_deltas(delta["tool_calls"])
-                if self._timing.first is None:
-                    self._timing.first = self._timing.clock()
-        else:
-            text, thinking = choice.get("text"), None
-        if type(text) is not str:
-            text = ""
-        if type(thinking) is not str:
-            thinking = ""
-        out = b""
-        if text or thinking:
-            if self._timing.first is None:
-                self._timing.first = self._timing.clock()
-            out = self._line(text, thinking)
-        reason = choice.get("finish_reason")
-        if reason and type(reason) is str:
-            self._reason = FINISH_REASONS.get(reason, "stop")
-            out += self._tool_line()
-        return out
-
-    def _tool_deltas(self, deltas: Any) -> None:
-        for delta in deltas if isinstance(deltas, list) else []:
-            if not isinstance(delta, dict):
-                continue
-            index = delta.get("index", len(self._tools))
-            entry = self._tools.setdefault(index if isinstance(index, int) else len(self._tools), ["", ""])
-            function = delta.get("function")
-            if isinstance(function, dict):
-                name = function.get("name")
-                if isinstance(name, str) and name != entry[0]:  # llama.cpp repeats the name in every delta
-                    entry[0] += name
-                if isinstance(function.get("arguments"), str):
-                    entry[1] += function["arguments"]
-
-    def _tool_line(self) -> bytes:
-        if not self._tools:
-            return b""
-        calls = [{"function": {"name": name, "arguments": ollama_arguments(args)}}
-                 for _, (name, args) in sorted(self._tools.items())]  # fmt: skip
-        self._tools = {}
-        if self._key == "message":
-            doc: dict[str, Any] = {"role": "assistant", "content": "", "tool_calls": calls}
-            return dumps({"model": self._model, "created_at": self._stamp, "message": doc, "done": False}) + b"\n"
-        return b""  # /api/generate has no tool calls
-
-    def _new_head(self) -> None:
-        head = dumps({"model": self._model, "created_at": self._stamp})[:-1]
-        self._head = head + (
-            b',"message":{"role":"assistant","content":' if self._key == "message" else b',"response":'
-        )
-
-    def _line(self, text: str, thinking: str) -> bytes:
-        if not thinking:  # the hot path: one token of text, written without building a document
-            tail = b'},"done":false}\n' if self._key == "message" else b',"done":false}\n'
-            try:
-                quoted = _quote(text).encode()
-            except UnicodeEncodeError:  # a lone surrogate (a backend's escaped "\ud800"): keep it escaped
-                quoted = json.encoder.encode_basestring_ascii(text).encode()
-            return self._head + quoted + tail
-        doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
-        if self._key == "message":
-            message: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                message["thinking"] = thinking
-            doc["message"] = message
-        else:
-            doc["response"] = text
-            if thinking:
-                doc["thinking"] = thinking
-        doc["done"] = False
-        return dumps(doc) + b"\n"
-
-    def _done(self) -> bytes:
-        self._ended = True
-        out = self._tool_line()
-        doc: dict[str, Any] = {"model": self._model, "created_at": self._stamp}
-        if self._key == "message":
-            doc["message"] = {"role": "assistant", "content": ""}
-        else:
-            doc["response"] = ""
-        doc["done"] = True
-        doc["done_reason"] = self._reason or "stop"
-        return out + dumps(self._timing.fields(doc)) + b"\n"
 
 
 class OllamaTranslation(Translation):
@@ -530,11 +291,8 @@ class OllamaTranslation(Translation):
         if self.kind == "show":
             return dumps(show_document(self.model, entry))
         if self.load_only:
-            doc: dict[str, Any] = {"model": self.model, "created_at": _stamp(None, self.now)}
-            if self.kind == "chat":
-                doc["message"] = {"role": "assistant", "content": ""}
-            else:
-                doc["response"] = ""
+            doc: dict[str, Any] = {"model": self.model, "created_at": stamp(None, self.now)}
+            put_answer(doc, self._key(), "")
             doc.update(done=True, done_reason="unload" if self.unload else "load")
             return dumps(doc)
         return None
@@ -544,9 +302,12 @@ class OllamaTranslation(Translation):
     def error(self, status: int, body: bytes) -> bytes:
         return dumps({"error": error_message(status, body)})
 
+    def _key(self) -> str:
+        """Where an answer's text goes: ``"message"`` (``/api/chat``) or ``"response"`` (``/api/generate``)."""
+        return "message" if self.kind == "chat" else "response"
+
     def stream(self) -> OllamaStream:
-        key = "message" if self.kind == "chat" else "response"
-        return OllamaStream(self.model, key, self.clock, self.start, self.now)
+        return OllamaStream(self.model, self._key(), self.clock, self.start, self.now)
 
     def response(self, body: bytes) -> bytes:
         try:
@@ -559,25 +320,18 @@ class OllamaTranslation(Translation):
             return self._embeddings(doc)
         choices = doc.get("choices")
         choice = choices[0] if isinstance(choices, list) and choices and isinstance(choices[0], dict) else {}
-        timing = _Timing(self.clock, self.start)
+        timing = Timing(self.clock, self.start)
         timing.absorb(doc)
-        out: dict[str, Any] = {"model": self.model, "created_at": _stamp(doc.get("created"), self.now)}
+        out: dict[str, Any] = {"model": self.model, "created_at": stamp(doc.get("created"), self.now)}
         message = choice.get("message") if isinstance(choice.get("message"), dict) else None
         text = message.get("content") if message is not None else choice.get("text")
         text = text if isinstance(text, str) else ""
         thinking = _reasoning(message) if message is not None else ""
+        holder = put_answer(out, self._key(), text, thinking)
         if self.kind == "chat":
-            reply: dict[str, Any] = {"role": "assistant", "content": text}
-            if thinking:
-                reply["thinking"] = thinking
             calls = ollama_tool_calls(message.get("tool_calls")) if message is not None else []
             if calls:
-                reply["tool_calls"] = calls
-            out["message"] = reply
-        else:
-            out["response"] = text
-            if thinking:
-                out["thinking"] = thinking
+                holder["tool_calls"] = calls
         out["done"] = True
         reason = choice.get("finish_reason")
         out["done_reason"] = FINISH_REASONS.get(reason, "stop") if isinstance(reason, str) else "stop"
@@ -591,7 +345,7 @@ class OllamaTranslation(Translation):
         if self.kind == "embeddings":
             return dumps({"embedding": vectors[0] if vectors else []})
         out: dict[str, Any] = {"model": self.model, "embeddings": vectors}
-        timing = _Timing(self.clock, self.start)
+        timing = Timing(self.clock, self.start)
         timing.absorb(doc)
         out["total_duration"] = max(self.clock() - self.start, 0)
         out["load_duration"] = 0
@@ -627,7 +381,7 @@ def show_document(model: str, entry: Mapping[str, Any] | None) -> dict[str, Any]
         },  # fmt: skip
         "model_info": info,
         "capabilities": ["completion"],
-        "modified_at": _stamp(entry.get("created"), 0),
+        "modified_at": stamp(entry.get("created"), 0),
     }
 
 
