@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .fakes import write_pieces
+
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
 
 
@@ -122,15 +124,7 @@ class OpenAIFake:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         try:
             await response.prepare(request)
-            for i, piece in enumerate(pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, pieces, self.drop_after, self.gate)
         except (ConnectionResetError, asyncio.CancelledError):
             self.closed.set()
             raise

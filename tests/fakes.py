@@ -30,6 +30,29 @@ from gateway.record import RequestRecord
 PROMPT_TOKENS = 7
 
 
+async def write_pieces(
+    request: web.Request,
+    response: web.StreamResponse,
+    pieces: list[bytes],
+    drop_after: int | None = None,
+    gate: asyncio.Queue[None] | None = None,
+) -> None:
+    """Write a prepared stream piece by piece, then its end.
+
+    drop_after: abort the connection instead of writing piece number drop_after (no end is written).
+    gate: before every piece after the first, wait for one item from this queue.
+    """
+    for i, piece in enumerate(pieces):
+        if drop_after is not None and i == drop_after:
+            assert request.transport is not None
+            request.transport.abort()
+            return
+        if gate is not None and i > 0:
+            await gate.get()
+        await response.write(piece)
+    await response.write_eof()
+
+
 @dataclass
 class SeenRequest:
     method: str
@@ -132,15 +155,7 @@ class FakeBackend:
         response = web.StreamResponse(headers={**self._headers(), "Content-Type": content_type})
         try:
             await response.prepare(request)
-            for i, piece in enumerate(pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, pieces, self.drop_after, self.gate)
         except ConnectionResetError:
             self.closed.set()  # the gateway closed the connection: what the cancellation tests wait for
             return response

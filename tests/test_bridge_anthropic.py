@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import GatewayFactory, RunningGateway
+from .fakes import write_pieces
 
 STEP = 5.0  # bound for each event-sequenced step; tests never sleep
 MODEL = "qwen3:8b"
@@ -102,15 +103,7 @@ class OpenAIBackend:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
-            for i, piece in enumerate(self.pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, self.pieces, self.drop_after, self.gate)
         except (ConnectionResetError, asyncio.CancelledError):
             self.closed.set()
             raise
