@@ -30,6 +30,15 @@ from gateway.record import RequestRecord
 PROMPT_TOKENS = 7
 
 
+async def serve_local(app: web.Application, *, handler_cancellation: bool = True) -> tuple[web.AppRunner, str]:
+    """Serve app on a free port of 127.0.0.1; returns its runner (for cleanup) and base URL."""
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
 async def write_pieces(
     request: web.Request,
     response: web.StreamResponse,
@@ -113,12 +122,7 @@ class FakeBackend:
         return app
 
     async def start(self) -> FakeBackend:
-        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve_local(self.app())
         return self
 
     async def stop(self) -> None:

@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import GatewayFactory, RunningGateway
-from .fakes import write_pieces
+from .fakes import serve_local, write_pieces
 
 STEP = 5.0  # bound for each event-sequenced step; tests never sleep
 MODEL = "qwen3:8b"
@@ -84,10 +84,7 @@ class OpenAIBackend:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/messages", self.messages)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, self.url = await serve_local(app)
         return self
 
     async def models(self, request: web.Request) -> web.Response:
