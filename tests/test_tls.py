@@ -31,6 +31,14 @@ from gateway.tls import TlsSite, attach_tls, reload_tls
 from .conftest import BackendFactory, backend_entry
 
 
+def new_ca(folder: Path) -> tuple[trustme.CA, Path]:
+    """A fresh certificate authority, its certificate written to folder/ca.pem (for clients to trust)."""
+    ca = trustme.CA()
+    ca_path = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return ca, ca_path
+
+
 def issue(ca: trustme.CA, folder: Path, name: str) -> tuple[Path, Path]:
     cert = ca.issue_cert("127.0.0.1", "localhost")
     cert_path, key_path = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
@@ -67,9 +75,7 @@ def peer_certificate(port: int, ca_path: Path) -> bytes:
 async def test_the_openai_client_trusting_the_ca_gets_answers_and_streams_over_https(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "gw")
     backend = await backend_factory("vllm", kind="openai", models=["fake"])
     config = {"backends": [backend_entry(backend)], "server": {"tls": {"cert": str(cert), "key": str(key)}}}
@@ -135,9 +141,7 @@ async def test_tls_1_1_and_plain_http_are_refused(tmp_path: Path, backend_factor
 async def test_reload_tls_keeps_the_running_certificate_when_the_new_files_are_broken(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "gw")
     backend = await backend_factory("desktop")
     doc = {"backends": [backend_entry(backend)], "server": {"tls": {"cert": str(cert), "key": str(key)}}}
@@ -211,9 +215,7 @@ async def read_until(stream: asyncio.StreamReader, marker: bytes, timeout: float
 async def test_sighup_makes_the_real_gateway_serve_swapped_certificate_files(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "live")
     backend = await backend_factory("desktop")
     config = tmp_path / "gateway.yaml"
