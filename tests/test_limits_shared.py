@@ -138,6 +138,15 @@ async def readyz(url: str) -> tuple[int, dict[str, Any]]:
         return resp.status, await resp.json()
 
 
+async def store_trouble_noticed(url: str) -> None:
+    """Wait until the gateway's /readyz reports its limits store as not ok."""
+
+    async def noticed() -> bool:
+        return (await readyz(url))[1]["limits"]["ok"] is False
+
+    await eventually(noticed)
+
+
 async def store_up_metric(url: str) -> float | None:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/metrics") as resp:
         for line in (await resp.text()).splitlines():
@@ -221,10 +230,7 @@ async def test_redis_stopped_under_allow_keeps_serving_on_local_counters_then_sh
         assert await store_up_metric(gw.url) == 1.0
         await redis.stop()
 
-        async def noticed() -> bool:
-            return (await readyz(gw.url))[1]["limits"]["ok"] is False
-
-        await eventually(noticed)
+        await store_trouble_noticed(gw.url)
         status, body = await readyz(gw.url)
         assert status == 200  # backends are up: the gateway still serves
         assert body["limits"]["store"] == "redis"
@@ -267,10 +273,7 @@ async def test_redis_stopped_under_deny_answers_503_in_each_dialect_then_recover
     assert await openai_chat(gw.url, "carol") == 200
     await redis.stop()
 
-    async def noticed() -> bool:
-        return (await readyz(gw.url))[1]["limits"]["ok"] is False
-
-    await eventually(noticed)
+    await store_trouble_noticed(gw.url)
     assert "refusing requests with 503" in (await readyz(gw.url))[1]["limits"]["detail"]
     headers = {"Authorization": f"Bearer {KEYS['carol']}"}
     body = {"model": "llama3.2", "messages": MESSAGES, "stream": False}
