@@ -29,6 +29,7 @@ from gateway.server import make_runner
 from gateway.tls import TlsSite, attach_tls, reload_tls
 
 from .conftest import BackendFactory, backend_entry
+from .gateway_process import free_port
 
 
 def new_ca(folder: Path) -> tuple[trustme.CA, Path]:
@@ -194,12 +195,6 @@ async def test_a_stalled_tls_handshake_is_cut_after_the_head_deadline(
         writer.close()
         assert rest == b""
         assert 0.4 <= time.monotonic() - start < 5.0  # asyncio's own default would be 60 s
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def read_until(stream: asyncio.StreamReader, marker: bytes, timeout: float = 20.0) -> bytes:
