@@ -22,6 +22,8 @@ from typing import Any
 
 from aiohttp import web
 
+from .fakes import serve_local, write_pieces
+
 USAGE = {"prompt_tokens": 11, "completion_tokens": 5, "total_tokens": 16}
 
 
@@ -76,11 +78,7 @@ class OpenAIFake:
         app.router.add_post("/v1/chat/completions", self.generate)
         app.router.add_post("/v1/completions", self.generate)
         app.router.add_post("/v1/embeddings", self.embeddings)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, self.url = await serve_local(app)
         return self
 
     async def stop(self) -> None:
@@ -122,15 +120,7 @@ class OpenAIFake:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         try:
             await response.prepare(request)
-            for i, piece in enumerate(pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, pieces, self.drop_after, self.gate)
         except (ConnectionResetError, asyncio.CancelledError):
             self.closed.set()
             raise

@@ -30,6 +30,38 @@ from gateway.record import RequestRecord
 PROMPT_TOKENS = 7
 
 
+async def serve_local(app: web.Application, *, handler_cancellation: bool = True) -> tuple[web.AppRunner, str]:
+    """Serve app on a free port of 127.0.0.1; returns its runner (for cleanup) and base URL."""
+    runner = web.AppRunner(app, handler_cancellation=handler_cancellation, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+async def write_pieces(
+    request: web.Request,
+    response: web.StreamResponse,
+    pieces: list[bytes],
+    drop_after: int | None = None,
+    gate: asyncio.Queue[None] | None = None,
+) -> None:
+    """Write a prepared stream piece by piece, then its end.
+
+    drop_after: abort the connection instead of writing piece number drop_after (no end is written).
+    gate: before every piece after the first, wait for one item from this queue.
+    """
+    for i, piece in enumerate(pieces):
+        if drop_after is not None and i == drop_after:
+            assert request.transport is not None
+            request.transport.abort()
+            return
+        if gate is not None and i > 0:
+            await gate.get()
+        await response.write(piece)
+    await response.write_eof()
+
+
 @dataclass
 class SeenRequest:
     method: str
@@ -90,12 +122,7 @@ class FakeBackend:
         return app
 
     async def start(self) -> FakeBackend:
-        self.runner = web.AppRunner(self.app(), handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.runner, self.url = await serve_local(self.app())
         return self
 
     async def stop(self) -> None:
@@ -132,15 +159,7 @@ class FakeBackend:
         response = web.StreamResponse(headers={**self._headers(), "Content-Type": content_type})
         try:
             await response.prepare(request)
-            for i, piece in enumerate(pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, pieces, self.drop_after, self.gate)
         except ConnectionResetError:
             self.closed.set()  # the gateway closed the connection: what the cancellation tests wait for
             return response

@@ -9,8 +9,9 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,39 @@ from typing import Any
 import aiohttp
 import yaml
 
-from .test_serve import free_port
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_until_up(
+    url: str,
+    *,
+    path: str = "/healthz",
+    tries: int = 200,
+    proc: asyncio.subprocess.Process | None = None,
+    failure: Callable[[], str] = lambda: "gateway did not start",
+) -> None:
+    """Poll url+path every 0.1 s until it answers 200; fail with failure() after `tries` polls.
+
+    proc: when given, fail at once with the tail of its stderr if it exits meanwhile (only pass a
+    process whose stderr is a pipe nobody else reads).
+    """
+    async with aiohttp.ClientSession() as http:
+        for _ in range(tries):
+            try:
+                async with http.get(f"{url}{path}") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            if proc is not None and proc.returncode is not None:
+                assert proc.stderr is not None
+                raise AssertionError(f"gateway exited: {(await proc.stderr.read()).decode()[-2000:]}")
+            await asyncio.sleep(0.1)
+    raise AssertionError(failure())
 
 
 @dataclass
@@ -90,16 +123,8 @@ async def gateway_process(tmp_path: Path, doc: dict[str, Any], *args: str) -> As
     gw = Gateway(f"http://127.0.0.1:{port}", port, proc, config)
     reader = asyncio.create_task(gw._read())
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):  # up to ~20 s for the interpreter to start
-                try:
-                    async with http.get(f"{gw.url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError(f"gateway did not start:\n{gw.log}")
+        # up to ~20 s for the interpreter to start
+        await wait_until_up(gw.url, failure=lambda: f"gateway did not start:\n{gw.log}")
         yield gw
     finally:
         if proc.returncode is None:

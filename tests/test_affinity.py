@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from types import SimpleNamespace
 from typing import Any
 
 import aiohttp
@@ -138,6 +139,16 @@ def test_memory_is_bounded() -> None:
     for key in range(10):
         affinity.remember(key, "b")
     assert len(affinity) == 3
+    idle = {"config": SimpleNamespace(max_concurrency=0), "in_flight": 0, "load": 0}
+    candidates: list[Any] = [SimpleNamespace(name="a", **idle), SimpleNamespace(name="b", **idle)]
+
+    def remembered() -> list[int]:
+        return [key for key in range(11) if affinity.prefer(key, candidates)[0].name == "b"]
+
+    assert remembered() == [7, 8, 9]  # the least recently used were forgotten
+    affinity.remember(7, "b")  # used again: the most recent now
+    affinity.remember(10, "b")
+    assert remembered() == [7, 9, 10]
 
 
 async def test_when_its_backend_is_out_the_conversation_moves_and_stays(

@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import GatewayFactory, RunningGateway
+from .fakes import serve_local, write_pieces
 
 STEP = 5.0  # bound for each event-sequenced step; tests never sleep
 MODEL = "qwen3:8b"
@@ -83,10 +84,7 @@ class OpenAIBackend:
         app.router.add_get("/v1/models", self.models)
         app.router.add_post("/v1/chat/completions", self.chat)
         app.router.add_post("/v1/messages", self.messages)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        await web.TCPSite(self.runner, "127.0.0.1", 0).start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, self.url = await serve_local(app)
         return self
 
     async def models(self, request: web.Request) -> web.Response:
@@ -102,15 +100,7 @@ class OpenAIBackend:
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
         await response.prepare(request)
         try:
-            for i, piece in enumerate(self.pieces):
-                if self.drop_after is not None and i == self.drop_after:
-                    assert request.transport is not None
-                    request.transport.abort()
-                    return response
-                if self.gate is not None and i > 0:
-                    await self.gate.get()
-                await response.write(piece)
-            await response.write_eof()
+            await write_pieces(request, response, self.pieces, self.drop_after, self.gate)
         except (ConnectionResetError, asyncio.CancelledError):
             self.closed.set()
             raise

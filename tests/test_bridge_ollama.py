@@ -60,6 +60,18 @@ async def bridged(
 USER = [{"role": "user", "content": "hi"}]
 
 
+def completion(message: dict[str, Any], finish_reason: str) -> dict[str, Any]:
+    """A non-streamed chat completion from the OpenAI fake, with one choice holding message."""
+    return {
+        "id": "x",
+        "object": "chat.completion",
+        "created": 1700000000,
+        "model": "m",
+        "usage": USAGE,
+        "choices": [{"index": 0, "finish_reason": finish_reason, "message": message}],
+    }
+
+
 # --------------------------------------------------------------------------- chat
 
 
@@ -176,20 +188,7 @@ async def test_reasoning_becomes_thinking(openai_factory: OpenAIFactory, gateway
         chunk({"content": "42"}),
         chunk({}, "stop"),
     ]
-    answer = {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "m",
-        "usage": USAGE,
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "stop",
-                "message": {"role": "assistant", "content": "42", "reasoning_content": "Hmm."},
-            }
-        ],
-    }
+    answer = completion({"role": "assistant", "content": "42", "reasoning_content": "Hmm."}, "stop")
     fake, gw, client = await bridged(openai_factory, gateway_factory, events=events, answer=answer)
     parts = [p async for p in await client.chat(model="m", messages=USER, think="high", stream=True)]
     assert fake.last["reasoning_effort"] == "high"
@@ -218,20 +217,7 @@ async def test_tools_not_streamed(openai_factory: OpenAIFactory, gateway_factory
     calls = [
         {"id": "call_9", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
     ]
-    answer = {
-        "id": "x",
-        "object": "chat.completion",
-        "created": 1700000000,
-        "model": "m",
-        "usage": USAGE,
-        "choices": [
-            {
-                "index": 0,
-                "finish_reason": "tool_calls",
-                "message": {"role": "assistant", "content": None, "tool_calls": calls},
-            }
-        ],
-    }
+    answer = completion({"role": "assistant", "content": None, "tool_calls": calls}, "tool_calls")
     fake, gw, client = await bridged(openai_factory, gateway_factory, answer=answer)
     reply = await client.chat(model="m", messages=USER, tools=[WEATHER], stream=False)
     assert fake.last["tools"] == [WEATHER]

@@ -18,6 +18,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import GatewayFactory, RunningGateway
+from .fakes import serve_local
 
 BATCH, INTERACTIVE, ADMIN = "sk-batch-0123456789", "sk-interactive-0123456789", "sk-admin-0123456789"
 MODEL = "m"
@@ -48,11 +49,7 @@ class TimedBackend:
         )
         for path in ("/v1/chat/completions", "/api/chat", "/v1/messages"):
             app.router.add_post(path, self.chat)
-        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, self.url = await serve_local(app)
         return self
 
     async def stop(self) -> None:

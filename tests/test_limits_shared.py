@@ -14,7 +14,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -35,6 +34,7 @@ from gateway.limits.redis_store import KEY_PREFIX
 
 from .conftest import BackendFactory, GatewayFactory, backend_entry
 from .fakes import FakeBackend
+from .gateway_process import free_port, wait_until_up
 from .redis_server import RedisServer, redis_server_or_skip
 
 KEYS = {name: f"sk-gw-{name}-" + hashlib.sha256(name.encode()).hexdigest()[:32] for name in ("alice", "bob", "carol")}
@@ -50,12 +50,6 @@ def auth_section(limits: dict[str, dict[str, int]] | None = None) -> dict[str, A
             entry["limits"] = limits[name]
         keys.append(entry)
     return {"api_keys": keys}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def same_minute(seconds_needed: float = 20.0) -> None:
@@ -98,20 +92,8 @@ async def gateway_process(
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(300):  # up to ~30 s for the interpreter(s) to start on a busy machine
-                try:
-                    async with http.get(f"{url}/readyz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    pass
-                if proc.returncode is not None:
-                    assert proc.stderr is not None
-                    raise AssertionError(f"gateway exited: {(await proc.stderr.read()).decode()[-2000:]}")
-                await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("gateway did not start")
+        # up to ~30 s for the interpreter(s) to start on a busy machine
+        await wait_until_up(url, path="/readyz", tries=300, proc=proc)
         yield url, proc
     finally:
         if proc.returncode is None:
@@ -154,6 +136,15 @@ async def ollama_chat(url: str, who: str) -> int:
 async def readyz(url: str) -> tuple[int, dict[str, Any]]:
     async with aiohttp.ClientSession() as http, http.get(f"{url}/readyz") as resp:
         return resp.status, await resp.json()
+
+
+async def store_trouble_noticed(url: str) -> None:
+    """Wait until the gateway's /readyz reports its limits store as not ok."""
+
+    async def noticed() -> bool:
+        return (await readyz(url))[1]["limits"]["ok"] is False
+
+    await eventually(noticed)
 
 
 async def store_up_metric(url: str) -> float | None:
@@ -239,10 +230,7 @@ async def test_redis_stopped_under_allow_keeps_serving_on_local_counters_then_sh
         assert await store_up_metric(gw.url) == 1.0
         await redis.stop()
 
-        async def noticed() -> bool:
-            return (await readyz(gw.url))[1]["limits"]["ok"] is False
-
-        await eventually(noticed)
+        await store_trouble_noticed(gw.url)
         status, body = await readyz(gw.url)
         assert status == 200  # backends are up: the gateway still serves
         assert body["limits"]["store"] == "redis"
@@ -285,10 +273,7 @@ async def test_redis_stopped_under_deny_answers_503_in_each_dialect_then_recover
     assert await openai_chat(gw.url, "carol") == 200
     await redis.stop()
 
-    async def noticed() -> bool:
-        return (await readyz(gw.url))[1]["limits"]["ok"] is False
-
-    await eventually(noticed)
+    await store_trouble_noticed(gw.url)
     assert "refusing requests with 503" in (await readyz(gw.url))[1]["limits"]["detail"]
     headers = {"Authorization": f"Bearer {KEYS['carol']}"}
     body = {"model": "llama3.2", "messages": MESSAGES, "stream": False}

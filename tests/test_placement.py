@@ -19,6 +19,7 @@ from gateway.metrics import Metrics
 from gateway.placement import DEFAULT_KEEP_ALIVE, FOREVER, LoadedModels, keep_alive_seconds
 
 from .conftest import GatewayFactory, RunningGateway
+from .fakes import serve_local
 
 
 @dataclass(eq=False)
@@ -46,11 +47,7 @@ class OllamaBox:
         app.router.add_get("/api/ps", self.ps)
         app.router.add_post("/api/chat", self.chat)
         app.router.add_post("/v1/chat/completions", self.chat)
-        self.runner = web.AppRunner(app, access_log=None)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.url = f"http://127.0.0.1:{self.runner.addresses[0][1]}"
+        self.runner, self.url = await serve_local(app, handler_cancellation=False)
         return self
 
     async def stop(self) -> None:

@@ -172,6 +172,7 @@ async def test_reload_keeps_unchanged_backends_and_applies_entry_settings(
     assert report.kept == ("box",) and report.changed == ("other",)
     assert gw.state.backends[0] is kept and kept.pool is pool  # runtime state and pool carry on
     assert gw.state.backends[1] is not edited and gw.state.backends[1].models.keys() == edited.models.keys()
+    assert (edited.config.weight, gw.state.backends[1].config.weight) == (1.0, 2)  # the edited entry's new setting
     async with http.post(f"{gw.url}/v1/chat/completions", json=chat("m2")) as resp:
         assert resp.status == 403  # the entry middleware follows: Host 127.0.0.1 is no longer allowed
     async with http.post(f"{gw.url}/v1/chat/completions", json=chat("m2"), headers={"Host": "gateway.lan"}) as resp:

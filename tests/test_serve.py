@@ -6,7 +6,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -17,14 +16,9 @@ import ollama
 import yaml
 
 from .conftest import BackendFactory
+from .gateway_process import free_port, wait_until_up
 
 KEY = "sk-gw-serve-test-0123456789abcdef0123456789"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @asynccontextmanager
@@ -36,16 +30,7 @@ async def running(*args: str, cwd: Path, env: dict[str, str]) -> AsyncIterator[t
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        async with aiohttp.ClientSession() as http:
-            for _ in range(200):  # up to ~20 s for the interpreter to start
-                try:
-                    async with http.get(f"{url}/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)
-            else:
-                raise AssertionError("gateway did not start")
+        await wait_until_up(url)  # up to ~20 s for the interpreter to start
         yield url, proc
     finally:
         if proc.returncode is None:

@@ -29,6 +29,15 @@ from gateway.server import make_runner
 from gateway.tls import TlsSite, attach_tls, reload_tls
 
 from .conftest import BackendFactory, backend_entry
+from .gateway_process import free_port
+
+
+def new_ca(folder: Path) -> tuple[trustme.CA, Path]:
+    """A fresh certificate authority, its certificate written to folder/ca.pem (for clients to trust)."""
+    ca = trustme.CA()
+    ca_path = folder / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_path))
+    return ca, ca_path
 
 
 def issue(ca: trustme.CA, folder: Path, name: str) -> tuple[Path, Path]:
@@ -67,9 +76,7 @@ def peer_certificate(port: int, ca_path: Path) -> bytes:
 async def test_the_openai_client_trusting_the_ca_gets_answers_and_streams_over_https(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "gw")
     backend = await backend_factory("vllm", kind="openai", models=["fake"])
     config = {"backends": [backend_entry(backend)], "server": {"tls": {"cert": str(cert), "key": str(key)}}}
@@ -135,9 +142,7 @@ async def test_tls_1_1_and_plain_http_are_refused(tmp_path: Path, backend_factor
 async def test_reload_tls_keeps_the_running_certificate_when_the_new_files_are_broken(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "gw")
     backend = await backend_factory("desktop")
     doc = {"backends": [backend_entry(backend)], "server": {"tls": {"cert": str(cert), "key": str(key)}}}
@@ -192,12 +197,6 @@ async def test_a_stalled_tls_handshake_is_cut_after_the_head_deadline(
         assert 0.4 <= time.monotonic() - start < 5.0  # asyncio's own default would be 60 s
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def read_until(stream: asyncio.StreamReader, marker: bytes, timeout: float = 20.0) -> bytes:
     seen = b""
     while marker not in seen:
@@ -211,9 +210,7 @@ async def read_until(stream: asyncio.StreamReader, marker: bytes, timeout: float
 async def test_sighup_makes_the_real_gateway_serve_swapped_certificate_files(
     tmp_path: Path, backend_factory: BackendFactory
 ) -> None:
-    ca = trustme.CA()
-    ca_path = tmp_path / "ca.pem"
-    ca.cert_pem.write_to_path(str(ca_path))
+    ca, ca_path = new_ca(tmp_path)
     cert, key = issue(ca, tmp_path, "live")
     backend = await backend_factory("desktop")
     config = tmp_path / "gateway.yaml"
