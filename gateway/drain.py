@@ -35,12 +35,13 @@ class Drain:
 
     active: bool = False  # SIGTERM seen: readiness fails, new responses close their connection
     expired: bool = False  # the shutdown timeout passed: streams still running end abnormally
-    streams: set[asyncio.Task[None]] = field(default_factory=set)  # tasks of proxied requests in flight
+    in_flight: set[asyncio.Task[None]] = field(default_factory=set)  # proxied requests (their handler tasks; proxy.py)
 
     def expire(self) -> list[asyncio.Task[None]]:
-        """Cancel every stream still running (each writes its own in-band error); returns their tasks."""
+        """Cancel every proxied request still running (a stream writes its in-band error, a request with no
+        answer yet is answered 503 by the entry middleware); returns their tasks."""
         self.expired = True
-        tasks = [task for task in self.streams if not task.done()]
+        tasks = [task for task in self.in_flight if not task.done()]
         for task in tasks:
             task.cancel()
         return tasks
@@ -51,9 +52,9 @@ async def _end_leftovers(server: web.Server, drain: Drain, timeout: float) -> No
     left = len(server.connections)
     if left:
         log.warning("shutdown timeout (%gs) passed: ending %d connection(s) still busy", timeout, left)
-    streams = drain.expire()
-    if streams:
-        await asyncio.wait(streams, timeout=STREAM_END_GRACE)
+    ended = drain.expire()
+    if ended:
+        await asyncio.wait(ended, timeout=STREAM_END_GRACE)
     for connection in server.connections:  # requests without a streamed body yet: their connection goes
         connection.force_close()
 

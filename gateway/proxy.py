@@ -150,7 +150,7 @@ def make_handler(spec: Endpoint) -> Callable[[web.Request], Any]:
     async def handler(request: web.Request) -> web.StreamResponse:
         state = request.app[STATE]
         # In flight for the drain: past server.shutdown_timeout it is ended in its dialect (drain.py).
-        in_flight = state.drain.streams
+        in_flight = state.drain.in_flight
         task = request.task
         in_flight.add(task)
         try:

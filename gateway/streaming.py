@@ -248,12 +248,8 @@ async def relay(
         response.content_length = length  # exact, undecoded bytes: keep the length
     last = b""
     pipe: _Pipe | None = None
-    task = None
-    if drain is not None:  # a shutdown that outlasts this response ends it (see drain.py)
-        if drain.active:
-            response.force_close()
-        task = request.task
-        drain.streams.add(task)
+    if drain is not None and drain.active:  # shutting down: no further request on this connection
+        response.force_close()
     try:
         await response.prepare(request)
         transport = request.transport
@@ -330,8 +326,6 @@ async def relay(
         rec.error = "client_closed"
         raise
     finally:
-        if task is not None:
-            drain.streams.discard(task)  # type: ignore[union-attr]
         watchdog.cancel()
         upstream.close()
         rec.end = loop.time()
